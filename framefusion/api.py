@@ -1,0 +1,138 @@
+"""The public entry points: apply_framefusion / remove_framefusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from framefusion.adapters import FamilyAdapter, adapter_for
+from framefusion.runtime import FrameFusionRuntime, FrameFusionSettings, FrameFusionStats
+
+_ATTRIBUTE = "_framefusion_handle"
+
+
+@dataclass
+class FrameFusionHandle:
+    """What apply_framefusion returns. `stats` always describes the model's last prefill."""
+
+    model: nn.Module
+    adapter: FamilyAdapter
+    settings: FrameFusionSettings
+    runtime: FrameFusionRuntime
+    reference_positions: bool
+
+    @property
+    def stats(self) -> FrameFusionStats:
+        return self.runtime.stats
+
+    @property
+    def num_layers(self) -> int:
+        return self.runtime.num_layers
+
+    def remove(self) -> None:
+        remove_framefusion(self.model)
+
+
+def minimum_cost(num_layers: int, merge: bool = True, dense_layers: int = 2) -> float:
+    """The smallest cost a model of `num_layers` decoder layers can be held to.
+
+    FrameFusion's first layer sees (nearly) all video tokens, so the budget needs at least one layer's worth; FastV-style
+    pruning needs its dense layers' worth plus a little for the rest.
+    """
+    return 1.0 / num_layers if merge else dense_layers / num_layers
+
+
+def apply_framefusion(
+    model: nn.Module,
+    cost: float = 0.3,
+    similarity_lower_bound: float | None = None,
+    ratio_lower_bound: float = 0.1,
+    *,
+    merge: bool = True,
+    prune: bool = True,
+    dense_layers: int = 2,
+    reference_positions: bool = True,
+) -> FrameFusionHandle:
+    """Install FrameFusion on a Hugging Face video model; use the model as usual afterwards.
+
+    cost: fraction of the video token-layers the prefill may spend, in (0, 1]; 1.0 means no reduction.
+    similarity_lower_bound: S_th, the cosine similarity from which a token merges into the previous frame's token at
+        the same position; None takes the family default.
+    ratio_lower_bound: merging goes on layer after layer while a step merges at least this fraction.
+    merge / prune: turn either stage off (merge=False is FastV-style pruning once after `dense_layers` layers, sized
+        for the same cost).
+    reference_positions: for Qwen2-VL / Qwen2.5-VL, compute rotary positions as Qwen's reference code does
+        (see framefusion/positions.py).
+    Applying again replaces the earlier settings; remove_framefusion(model) restores the model exactly.
+    """
+    adapter = adapter_for(model)
+    _check_number("cost", cost, low=0.0, high=1.0, low_inclusive=False)
+    if similarity_lower_bound is not None:
+        _check_number("similarity_lower_bound", similarity_lower_bound, low=-1.0, high=1.0)
+    _check_number("ratio_lower_bound", ratio_lower_bound, low=0.0, high=1.0, low_inclusive=False)
+    if not (merge or prune):
+        raise ValueError("merge and prune are both off: nothing would be reduced; use the model without FrameFusion")
+    if not merge and (isinstance(dense_layers, bool) or not isinstance(dense_layers, int) or dense_layers < 1):
+        raise ValueError(f"dense_layers must be a whole number >= 1, got {dense_layers!r}")
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention == "flex_attention":
+        raise ValueError("FrameFusion supports the sdpa, eager and flash-attention backends, not flex_attention")
+
+    remove_framefusion(model)
+    num_layers = len(adapter.language_model(model).layers)
+    smallest = minimum_cost(num_layers, merge, dense_layers)
+    if cost < smallest or (not merge and dense_layers >= num_layers):
+        raise ValueError(
+            f"cost {cost} is too small for a model with {num_layers} decoder layers"
+            + (f" and {dense_layers} dense layers" if not merge else "")
+            + f": use at least {smallest:.3f}"
+        )
+    settings = FrameFusionSettings(
+        cost=float(cost),
+        similarity_lower_bound=float(
+            adapter.default_similarity_lower_bound if similarity_lower_bound is None else similarity_lower_bound
+        ),
+        ratio_lower_bound=float(ratio_lower_bound),
+        merge=merge,
+        prune=prune,
+        dense_layers=dense_layers,
+        importance_queries=adapter.importance_queries,
+    )
+    runtime = FrameFusionRuntime(model, adapter, settings)
+    runtime.install()
+    positions_restored = False
+    if reference_positions and adapter.needs_reference_positions:
+        from framefusion.positions import restore_reference_positions
+
+        positions_restored = restore_reference_positions(model)
+    handle = FrameFusionHandle(model, adapter, settings, runtime, positions_restored)
+    setattr(model, _ATTRIBUTE, handle)
+    return handle
+
+
+def remove_framefusion(model: nn.Module) -> None:
+    """Take FrameFusion (and the reference positions it restored) off the model. Safe to call any number of times."""
+    handle: FrameFusionHandle | None = model.__dict__.get(_ATTRIBUTE)
+    if handle is None:
+        return
+    handle.runtime.remove()
+    if handle.reference_positions:
+        from framefusion.positions import remove_reference_positions
+
+        remove_reference_positions(model)
+    del model.__dict__[_ATTRIBUTE]
+
+
+def framefusion_handle(model: nn.Module) -> FrameFusionHandle | None:
+    """The handle of FrameFusion on this model, or None when it is not applied."""
+    return model.__dict__.get(_ATTRIBUTE)
+
+
+def _check_number(name: str, value: object, *, low: float, high: float, low_inclusive: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    above_low = value >= low if low_inclusive else value > low
+    if not (above_low and value <= high):
+        bracket = "[" if low_inclusive else "("
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
