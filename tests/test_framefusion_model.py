@@ -1,0 +1,250 @@
+"""FrameFusion on real transformers models (tiny, random weights): exactness, caching, budget, pass-through, errors."""
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from framefusion import apply_framefusion, core, remove_framefusion
+from framefusion.api import framefusion_handle
+
+import tiny_models
+
+FAMILIES = sorted(tiny_models.FAMILIES)
+
+
+def build(family: str, **kwargs):
+    make_model, make_inputs = tiny_models.FAMILIES[family]
+    return make_model(**kwargs), make_inputs()
+
+
+@torch.no_grad()
+def logits(model, inputs):
+    return model(**inputs).logits
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cost_one_is_bit_identical_and_remove_restores_the_model(family, attn):
+    model, inputs = build(family, attn=attn)
+    baseline = logits(model, inputs)
+    handle = apply_framefusion(model, cost=1.0, reference_positions=False)
+    assert torch.equal(logits(model, inputs), baseline)
+    assert handle.stats.tokens_per_layer == [inputs["input_ids"].shape[1]] * handle.num_layers
+    assert handle.stats.achieved_cost == 1.0
+
+    apply_framefusion(model, cost=0.3, reference_positions=False)
+    assert not torch.equal(logits(model, inputs)[:, -1], baseline[:, -1])
+    remove_framefusion(model)
+    assert framefusion_handle(model) is None
+    assert all("forward" not in layer.__dict__ for layer in model.model.language_model.layers)
+    assert torch.equal(logits(model, inputs), baseline)
+    remove_framefusion(model)  # removing twice is harmless
+
+
+def test_apply_twice_is_apply_once():
+    model, inputs = build("qwen2-vl")
+    apply_framefusion(model, cost=0.3, reference_positions=False)
+    once = logits(model, inputs)
+    hooks_once = len(model.model._forward_pre_hooks)
+    handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+    assert len(model.model._forward_pre_hooks) == hooks_once
+    assert torch.equal(logits(model, inputs), once)
+    assert handle.stats.reduced
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reduction_follows_the_budget_of_the_models_own_depth(family):
+    for num_layers in (4, 28):
+        model, inputs = build(family, num_layers=num_layers)
+        handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+        out = logits(model, inputs)
+        stats = handle.stats
+        assert len(stats.tokens_per_layer) == num_layers
+        assert stats.achieved_cost == pytest.approx(0.3, abs=0.015), (num_layers, stats.steps)
+        # The per-layer counts are what the achieved cost is made of.
+        text_tokens = stats.prompt_tokens - stats.video_tokens
+        video_per_layer = [n - text_tokens for n in stats.tokens_per_layer]
+        assert sum(video_per_layer) / (num_layers * stats.video_tokens) == pytest.approx(stats.achieved_cost)
+        assert stats.tokens_per_layer == sorted(stats.tokens_per_layer, reverse=True)
+        assert out.shape[1] == stats.final_tokens == stats.tokens_per_layer[-1]
+        # Every text token survives, in order; kept positions index the input.
+        input_ids = inputs["input_ids"][0]
+        kept = torch.tensor(stats.kept_positions)
+        assert kept.tolist() == sorted(kept.tolist())
+        assert set(torch.nonzero(input_ids != tiny_models.VIDEO_TOKEN).squeeze(-1).tolist()) <= set(kept.tolist())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_both_kinds_of_step_run(family):
+    model, inputs = build(family)
+    handle = apply_framefusion(model, cost=0.3, similarity_lower_bound=0.9, reference_positions=False)
+    logits(model, inputs)
+    kinds = [step.kind for step in handle.stats.steps]
+    assert kinds[0] == "merge" and handle.stats.steps[0].where == "before_attention"
+    assert "prune" in kinds, handle.stats.steps
+    first_merge = handle.stats.steps[0]
+    assert first_merge.video_tokens_after < first_merge.video_tokens_before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sdpa_and_eager_select_the_same_tokens(family):
+    kept = {}
+    for attn in ("sdpa", "eager"):
+        model, inputs = build(family, attn=attn)
+        handle = apply_framefusion(model, cost=0.3, similarity_lower_bound=0.9, reference_positions=False)
+        out = logits(model, inputs)
+        kept[attn] = (handle.stats.kept_positions, handle.stats.tokens_per_layer, out[0, -1])
+    assert kept["sdpa"][0] == kept["eager"][0]
+    assert kept["sdpa"][1] == kept["eager"][1]
+    assert torch.allclose(kept["sdpa"][2], kept["eager"][2], atol=1e-4)
+
+
+def recompute_without_cache(model, inputs, new_tokens, prune_keep):
+    """Logits of the last position for prompt + new_tokens, in one forward without cache.
+
+    Prompt tokens' hidden states do not depend on later tokens (causal), so merging decides the same; only the
+    prune step looks at the last queries, so it is frozen to what the prefill chose (new tokens always kept).
+    """
+    input_ids = torch.cat([inputs["input_ids"], torch.tensor([new_tokens], dtype=torch.long)], dim=1)
+    extended = dict(inputs, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    if "mm_token_type_ids" in inputs:
+        extended["mm_token_type_ids"] = (input_ids == tiny_models.VIDEO_TOKEN).int() * 2
+    original = core.prune_keep_mask
+
+    def frozen(importance, patch_types, sparsity):
+        if prune_keep is None:
+            return original(importance, patch_types, sparsity)
+        return torch.cat([prune_keep, torch.ones(len(new_tokens), dtype=torch.bool)])
+
+    core.prune_keep_mask = frozen
+    try:
+        with torch.no_grad():
+            return model(**extended, use_cache=False).logits[0, -1]
+    finally:
+        core.prune_keep_mask = original
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_generation_equals_recomputation_with_kept_sets_frozen(family, attn):
+    model, inputs = build(family, attn=attn)
+    handle = apply_framefusion(model, cost=0.3, similarity_lower_bound=0.9, reference_positions=False)
+    recorded = {}
+    original = core.prune_keep_mask
+
+    def recording(importance, patch_types, sparsity):
+        recorded["keep"] = original(importance, patch_types, sparsity)
+        return recorded["keep"]
+
+    core.prune_keep_mask = recording
+    try:
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=0)
+    finally:
+        core.prune_keep_mask = original
+    prefill_stats = handle.stats
+    assert prefill_stats.reduced
+    new_tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    for step in range(len(new_tokens)):
+        expected = recompute_without_cache(model, inputs, new_tokens[:step], recorded.get("keep"))
+        assert torch.allclose(out.logits[step][0], expected, atol=1e-5), f"step {step}"
+        assert int(expected.argmax()) == new_tokens[step]
+    # The recomputations are prefills of their own; the per-layer caches of the generation held fewer tokens.
+    assert prefill_stats.tokens_per_layer[-1] < inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompts_without_video_pass_through_untouched(family):
+    model, _ = build(family)
+    inputs = tiny_models.text_only_inputs()
+    baseline = logits(model, inputs)
+    handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+    assert torch.equal(logits(model, inputs), baseline)
+    assert handle.stats.steps == []
+    assert handle.stats.kept_positions == list(range(inputs["input_ids"].shape[1]))
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_image_prompt_passes_through_untouched():
+    model, _ = build("qwen2-vl")
+    video = tiny_models.qwen_video_inputs([(1, 8, 8)])
+    image_ids = video["input_ids"].masked_fill(video["input_ids"] == tiny_models.VIDEO_TOKEN, tiny_models.IMAGE_TOKEN)
+    pixels = video["pixel_values_videos"]
+    inputs = dict(input_ids=image_ids, attention_mask=torch.ones_like(image_ids),
+                  mm_token_type_ids=(image_ids == tiny_models.IMAGE_TOKEN).int(),
+                  pixel_values=pixels, image_grid_thw=torch.tensor([[1, 8, 8]]))
+    baseline = logits(model, inputs)
+    handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+    assert torch.equal(logits(model, inputs), baseline)
+    assert handle.stats.steps == []
+
+
+def test_two_videos_in_one_prompt_are_reduced_separately():
+    model, _ = build("qwen2-vl")
+    inputs = tiny_models.qwen_video_inputs([(4, 8, 8), (4, 8, 4)], between=[60, 61])
+    handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+    out = logits(model, inputs)
+    assert torch.isfinite(out).all()
+    assert handle.stats.video_tokens == 4 * 16 + 4 * 8
+    assert handle.stats.achieved_cost == pytest.approx(0.3, abs=0.02)
+
+
+def test_a_batch_of_prompts_with_video_is_refused_clearly():
+    model, inputs = build("qwen2-vl")
+    apply_framefusion(model, cost=0.3, reference_positions=False)
+    batch = {key: (torch.cat([value, value]) if key != "pixel_values_videos" else torch.cat([value, value]))
+             for key, value in inputs.items() if key != "video_grid_thw"}
+    batch["video_grid_thw"] = torch.cat([inputs["video_grid_thw"]] * 2)
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        logits(model, batch)
+
+
+def test_output_attentions_does_not_crash():
+    model, inputs = build("qwen2-vl", attn="eager")
+    handle = apply_framefusion(model, cost=0.3, similarity_lower_bound=0.9, reference_positions=False)
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True)
+    assert len(out.attentions) == handle.num_layers
+    assert out.attentions[-1].shape[-1] == handle.stats.tokens_per_layer[-1]
+
+
+def test_merge_only_and_prune_only():
+    model, inputs = build("qwen2-vl")
+    handle = apply_framefusion(model, cost=0.3, prune=False, reference_positions=False)
+    logits(model, inputs)
+    assert {step.kind for step in handle.stats.steps} == {"merge"}
+
+    handle = apply_framefusion(model, cost=0.3, merge=False, dense_layers=2, reference_positions=False)
+    logits(model, inputs)
+    (step,) = handle.stats.steps
+    assert (step.kind, step.layer) == ("prune", 1)
+    per_layer = handle.stats.tokens_per_layer
+    assert per_layer[0] == per_layer[1] == handle.stats.prompt_tokens
+    assert handle.stats.achieved_cost == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(cost=0.0), "cost must be in"),
+        (dict(cost=1.5), "cost must be in"),
+        (dict(cost=0.05), "too small for a model with 8 decoder layers"),
+        (dict(similarity_lower_bound=1.5), "similarity_lower_bound must be in"),
+        (dict(similarity_lower_bound=-1.01), "similarity_lower_bound must be in"),
+        (dict(ratio_lower_bound=0.0), "ratio_lower_bound must be in"),
+        (dict(merge=False, prune=False), "nothing would be reduced"),
+    ],
+)
+def test_bad_arguments_are_rejected_at_apply(kwargs, message):
+    model, _ = build("qwen2-vl")
+    with pytest.raises(ValueError, match=message):
+        apply_framefusion(model, **kwargs)
+    assert framefusion_handle(model) is None
+
+
+def test_unsupported_family_names_the_supported_ones():
+    config = Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(ValueError, match="supported families: qwen2-vl, qwen2.5-vl, llava-onevision"):
+        apply_framefusion(Qwen2ForCausalLM(config))
