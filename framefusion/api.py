@@ -103,9 +103,11 @@ def apply_framefusion(
     runtime.install()
     positions_restored = False
     if reference_positions and adapter.needs_reference_positions:
-        from framefusion.positions import restore_reference_positions
+        from framefusion.positions import has_reference_positions, restore_reference_positions
 
-        positions_restored = restore_reference_positions(model)
+        # Restored by someone else first (e.g. for a baseline run): theirs to undo, not ours.
+        if not has_reference_positions(model):
+            positions_restored = restore_reference_positions(model)
     handle = FrameFusionHandle(model, adapter, settings, runtime, positions_restored)
     setattr(model, _ATTRIBUTE, handle)
     return handle

@@ -248,3 +248,28 @@ def test_unsupported_family_names_the_supported_ones():
                          num_attention_heads=2, num_key_value_heads=1)
     with pytest.raises(ValueError, match="supported families: qwen2-vl, qwen2.5-vl, llava-onevision"):
         apply_framefusion(Qwen2ForCausalLM(config))
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_cost_one_with_reference_positions_on_both_sides_is_bit_identical(family):
+    from framefusion.positions import has_reference_positions, restore_reference_positions
+
+    model, inputs = build(family)
+    restore_reference_positions(model)
+    baseline = logits(model, inputs)
+    handle = apply_framefusion(model, cost=1.0)
+    assert torch.equal(logits(model, inputs), baseline)
+    # Positions restored before apply belong to the caller: removing FrameFusion leaves them on.
+    assert not handle.reference_positions
+    remove_framefusion(model)
+    assert has_reference_positions(model)
+
+
+def test_apply_restores_reference_positions_and_remove_undoes_them():
+    from framefusion.positions import has_reference_positions
+
+    model, inputs = build("qwen2-vl")
+    handle = apply_framefusion(model, cost=0.3)
+    assert handle.reference_positions and has_reference_positions(model)
+    remove_framefusion(model)
+    assert not has_reference_positions(model)
