@@ -1,0 +1,48 @@
+"""Model names, model loading, and random-weight models (tiny checkpoints and real shapes).
+
+    spec = parse_model_spec("random:tiny-qwen2-vl")      # cheap, checks the name only
+    loaded = load_model(spec, dtype=torch.float32, device="cpu")
+    loaded.model, loaded.processor
+
+Importing this package does not import torch or transformers.
+"""
+
+from framefusion.model_zoo.building import build_tiny_checkpoint, fill_random_weights
+from framefusion.model_zoo.families import TINY_FAMILIES
+from framefusion.model_zoo.loading import LoadedModel, ensure_tiny_checkpoint, framefusion_cache_dir, load_model
+from framefusion.model_zoo.shapes import (
+    ModelShape,
+    build_random_model,
+    estimate_memory_bytes,
+    list_shapes,
+    load_shape,
+)
+from framefusion.model_zoo.specs import (
+    ModelSpec,
+    RandomModelInfo,
+    SpecKind,
+    list_aliases,
+    list_random_models,
+    parse_model_spec,
+)
+
+__all__ = [
+    "TINY_FAMILIES",
+    "LoadedModel",
+    "ModelShape",
+    "ModelSpec",
+    "RandomModelInfo",
+    "SpecKind",
+    "build_random_model",
+    "build_tiny_checkpoint",
+    "ensure_tiny_checkpoint",
+    "estimate_memory_bytes",
+    "fill_random_weights",
+    "framefusion_cache_dir",
+    "list_aliases",
+    "list_random_models",
+    "list_shapes",
+    "load_model",
+    "load_shape",
+    "parse_model_spec",
+]

@@ -1,0 +1,275 @@
+"""The `framefusion` command: parses options, calls the library, renders. No logic a library user would need."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from framefusion import __version__
+from framefusion.errors import FrameFusionError, InputError
+from framefusion_cli import options as opt
+from framefusion_cli.render import render_comparison, render_results
+
+app = typer.Typer(
+    name="framefusion",
+    help="Ask questions about local videos with a video LLM, several times faster with FrameFusion.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def run_guarded(debug: bool, work: Callable[[], Any]) -> Any:
+    """Run a command body; turn our errors into one line on stderr and an exit code (tracebacks with --debug)."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except typer.Exit:
+        raise
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if debug:
+            stderr.print_exception()
+        message = " ".join(str(error).split()) or type(error).__name__
+        code = EXIT_USAGE if isinstance(error, InputError) else EXIT_FAILED
+        if not isinstance(error, FrameFusionError):
+            message = f"{type(error).__name__}: {message}" + ("" if debug else " (run with --debug for the traceback)")
+        stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"framefusion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+) -> None:
+    """Ask questions about local videos with a video LLM, several times faster with FrameFusion."""
+
+
+@app.command()
+def ask(
+    video: Annotated[Path, typer.Argument(help="The video file.", show_default=False)],
+    questions: Annotated[List[str], typer.Argument(help="One or more questions about the video.", show_default=False)],
+    model: opt.ModelOption = opt.DEFAULT_MODEL,
+    revision: opt.RevisionOption = None,
+    profile: opt.ProfileOption = "framefusion",
+    profiles_file: opt.ProfilesFileOption = None,
+    frames: opt.FramesOption = None,
+    fps: opt.FpsOption = None,
+    max_frames: opt.MaxFramesOption = 64,
+    start: opt.StartOption = None,
+    end: opt.EndOption = None,
+    max_new_tokens: opt.MaxNewTokensOption = 128,
+    temperature: opt.TemperatureOption = 0.0,
+    seed: opt.SeedOption = None,
+    system: opt.SystemOption = None,
+    device: opt.DeviceOption = "auto",
+    dtype: opt.DtypeOption = "auto",
+    attn: opt.AttnOption = "sdpa",
+    backend: opt.BackendOption = "auto",
+    compare: Annotated[Optional[str], typer.Option(
+        help="Also run this profile on the same input and show both side by side.")] = None,
+    json_output: opt.JsonOption = False,
+    debug: opt.DebugOption = False,
+    trust_remote_code: opt.TrustRemoteCodeOption = False,
+    no_reference_positions: opt.NoReferencePositionsOption = False,
+) -> None:
+    """Answer questions about a video and show what FrameFusion did to the tokens, and the time it took."""
+
+    def work() -> None:
+        from framefusion.model_zoo import parse_model_spec
+        from framefusion.pipeline import DEFAULT_FRAMES, ask_video, check_frame_count, open_video_qa
+        from framefusion.profiles import get_profile
+        from framefusion.video import check_sampling_arguments, probe_video, read_video
+
+        # Everything that can be checked without the model is checked first.
+        for question in questions:
+            if not question.strip():
+                raise InputError("a question is empty: ask something about the video")
+        if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
+        frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
+        check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=start, end=end,
+                                  backend=backend)
+        chosen = get_profile(profile, profiles_file)
+        compared = get_profile(compare, profiles_file) if compare else None
+        spec = parse_model_spec(model)
+        check_frame_count(getattr(spec, "family", None), frame_count)
+        probe_video(video)
+
+        log(json_output, f"loading {model} ...")
+        qa = open_video_qa(model, chosen, device=device, dtype=dtype, attn_implementation=attn, revision=revision,
+                           trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions)
+        check_frame_count(qa.family, frame_count)
+        started = time.perf_counter()
+        clip = read_video(video, num_frames=frame_count, fps=fps, max_frames=max_frames,
+                          start=start, end=end, backend=backend)
+        decode_seconds = time.perf_counter() - started
+
+        generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system)
+        stream = not json_output and compared is None
+        on_text = _streamer(questions) if stream else None
+        results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, on_text=on_text, **generation)
+        if stream:
+            stdout.print()
+        compared_results = []
+        if compared is not None:
+            qa.use_profile(compared)
+            prepared_again = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, **generation)
+            compared_results = prepared_again
+
+        if json_output:
+            payload = [result.to_dict() for result in results + compared_results]
+            print(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False))
+        elif compared is not None:
+            render_comparison(stdout, results, compared_results)
+        else:
+            render_results(stdout, results, answers_streamed=True)
+
+    run_guarded(debug, work)
+
+
+def _streamer(questions: List[str]) -> Callable[[int, str], None]:
+    current = {"index": -1}
+
+    def on_text(index: int, text: str) -> None:
+        if index != current["index"]:
+            if current["index"] >= 0:
+                stdout.print()
+            current["index"] = index
+            if len(questions) > 1:
+                stdout.print(f"[bold]Q: {questions[index]}[/bold]")
+            stdout.print("[bold]A:[/bold] ", end="")
+        stdout.print(text, end="", highlight=False, markup=False)
+
+    return on_text
+
+
+def log(json_output: bool, message: str) -> None:
+    """Progress notes: on stderr, so stdout stays clean for --json."""
+    stderr.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+@app.command()
+def profiles(
+    profiles_file: opt.ProfilesFileOption = None,
+    json_output: opt.JsonOption = False,
+    debug: opt.DebugOption = False,
+) -> None:
+    """List the reduction profiles: built-in, per-user and from --profiles-file."""
+
+    def work() -> None:
+        from framefusion.profiles import load_profiles
+
+        found = load_profiles(profiles_file)
+        if json_output:
+            print(json.dumps({name: dict(p.settings(), description=p.description, source=str(p.source))
+                              for name, p in found.items()}))
+            return
+        table = Table(title="Reduction profiles", title_justify="left")
+        for column in ("name", "description", "settings", "source"):
+            table.add_column(column)
+        for name, item in found.items():
+            settings = ", ".join(f"{key}={'family default' if value is None else value}"
+                                 for key, value in item.settings().items())
+            table.add_row(name, item.description, settings, str(item.source))
+        stdout.print(table)
+
+    run_guarded(debug, work)
+
+
+@app.command()
+def models(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) -> None:
+    """List the supported model families, aliases of published checkpoints and random: models."""
+
+    def work() -> None:
+        from framefusion.adapters import ADAPTERS
+        from framefusion.model_zoo import list_aliases, list_random_models
+
+        families = [{"family": a.family, "similarity_lower_bound": a.default_similarity_lower_bound,
+                     "similarity_source": a.similarity_source, "importance_queries": a.importance_queries}
+                    for a in ADAPTERS]
+        aliases = list_aliases()
+        randoms = list_random_models()
+        if json_output:
+            print(json.dumps({"families": families, "aliases": _plain(aliases), "random": _plain(randoms)}))
+            return
+        table = Table(title="Model families (FrameFusion adapters)", title_justify="left")
+        for column in ("family", "default S_th", "source of S_th", "importance queries"):
+            table.add_column(column)
+        for item in families:
+            table.add_row(item["family"], f"{item['similarity_lower_bound']}", item["similarity_source"],
+                          str(item["importance_queries"]))
+        stdout.print(table)
+        stdout.print(_listing("Aliases", aliases))
+        stdout.print(_listing("Random-weight models (no download)", randoms))
+
+    run_guarded(debug, work)
+
+
+def _plain(items: Any) -> Any:
+    if isinstance(items, dict):
+        return {str(key): _plain(value) for key, value in items.items()}
+    if isinstance(items, (list, tuple)):
+        return [_plain(value) for value in items]
+    if hasattr(items, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _plain(asdict(items))
+    return items if isinstance(items, (str, int, float, bool, type(None))) else str(items)
+
+
+def _listing(title: str, items: Any) -> Table:
+    table = Table(title=title, title_justify="left")
+    rows = _plain(items)
+    if isinstance(rows, dict):
+        table.add_column("name")
+        table.add_column("is")
+        for key, value in rows.items():
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    else:
+        table.add_column("name")
+        for value in rows:
+            table.add_row(value if isinstance(value, str) else json.dumps(value))
+    return table
+
+
+def _register_commands() -> None:
+    from framefusion_cli import caption
+
+    caption.register(app)
+    try:
+        from framefusion_cli import bench
+    except ImportError:  # pragma: no cover - bench is optional while it is being built
+        return
+    bench.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

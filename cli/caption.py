@@ -1,0 +1,173 @@
+"""`framefusion caption FOLDER`: parses options, runs `framefusion.caption.CaptionRun`, renders progress and summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from framefusion.errors import InputError
+from framefusion_cli import options as opt
+
+EXIT_SOME_FAILED, EXIT_INTERRUPTED = 1, 130
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `caption` command to `app`."""
+    app.command(name="caption")(caption)
+
+
+def caption(
+    folder: Annotated[Path, typer.Argument(help="The folder that holds the videos.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o",
+        help="Where the records go (appended; default captions.jsonl, or captions.csv with --format csv).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="What to ask about each video (default: describe it).")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also caption the videos in subfolders.")] = False,
+    output_format: Annotated[Optional[str], typer.Option(
+        "--format", help="jsonl or csv (default: from --output's extension, else jsonl).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds allowed for one video (decoding and the model); a slower one gets an error record.")] = None,
+    model: opt.ModelOption = opt.DEFAULT_MODEL,
+    revision: opt.RevisionOption = None,
+    profile: opt.ProfileOption = "framefusion",
+    profiles_file: opt.ProfilesFileOption = None,
+    frames: opt.FramesOption = None,
+    fps: opt.FpsOption = None,
+    max_frames: opt.MaxFramesOption = 64,
+    max_new_tokens: opt.MaxNewTokensOption = 128,
+    device: opt.DeviceOption = "auto",
+    dtype: opt.DtypeOption = "auto",
+    attn: opt.AttnOption = "sdpa",
+    backend: opt.BackendOption = "auto",
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the summary as JSON on stdout (progress and logs go to stderr).")] = False,
+    debug: opt.DebugOption = False,
+    trust_remote_code: opt.TrustRemoteCodeOption = False,
+) -> None:
+    """Caption every video in a folder, one record per video appended as it is done; re-running resumes.
+
+    Exit status: 0 every video captioned, 1 some failed (see their error records), 2 bad usage, 130 interrupted.
+    """
+    from framefusion_cli.app import run_guarded
+
+    stdout, stderr = Console(), Console(stderr=True)
+
+    def work() -> None:
+        from framefusion.caption import DEFAULT_PROMPT, CaptionRun, CaptionSettings, DecodeWorker
+        from framefusion.model_zoo import parse_model_spec
+        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
+        from framefusion.profiles import get_profile
+        from framefusion.video import check_sampling_arguments
+
+        # Everything that can be checked without the model is checked first.
+        if timeout is not None and not timeout > 0:
+            raise InputError(f"--timeout must be a number of seconds > 0, got {timeout}")
+        if max_new_tokens < 1:
+            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
+        frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
+        check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=None, end=None,
+                                 backend=backend)
+        chosen_profile = get_profile(profile, profiles_file)
+        spec = parse_model_spec(model)
+        check_frame_count(getattr(spec, "family", None), frame_count)
+        model_name = spec.name + (f"@{revision}" if revision else "")
+        destination = output if output is not None else Path(
+            "captions.csv" if output_format == "csv" else "captions.jsonl")
+        settings = CaptionSettings(
+            model=model_name, profile=chosen_profile.name, prompt=DEFAULT_PROMPT if prompt is None else prompt,
+            frames=frame_count if fps is None else None, fps=fps, max_frames=max_frames,
+            max_new_tokens=max_new_tokens, backend=backend, timeout=timeout,
+        )
+        run = CaptionRun(folder, settings, destination, format=output_format, recursive=recursive)
+        if run.summary.repaired_bytes:
+            stderr.print(f"[yellow]{destination}: removed a record torn by an earlier interruption "
+                         f"({run.summary.repaired_bytes} bytes)[/yellow]", highlight=False)
+        if not run.pending:
+            finish(run.summary)
+            return
+
+        worker = DecodeWorker()
+        try:
+            # The first video decodes while the model loads.
+            run.prefetch(worker)
+            stderr.print(f"[dim]loading {model} ...[/dim]", highlight=False)
+            qa = open_video_qa(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
+                               revision=revision, trust_remote_code=trust_remote_code)
+            check_frame_count(qa.family, settings.frames)
+            with ProgressEvents(stderr) as events:
+                run.run(qa, events=events, worker=worker)
+        except KeyboardInterrupt:
+            run.summary.interrupted = True
+            finish(run.summary)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        finally:
+            worker.stop()
+        finish(run.summary)
+
+    def finish(summary: Any) -> None:
+        if json_output:
+            print(json.dumps(summary.to_dict(), ensure_ascii=False))
+        else:
+            render_summary(stderr if summary.interrupted else stdout, summary)
+        if summary.failed and not summary.interrupted:
+            raise typer.Exit(EXIT_SOME_FAILED)
+
+    run_guarded(debug, work)
+
+
+class ProgressEvents:
+    """A rich progress bar (videos done / total, ETA, current file) on a terminal; nothing otherwise."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> "ProgressEvents":
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+                console=self.console, transient=True,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def started(self, pending: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("captioning", total=pending, current="")
+
+    def video_started(self, video: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, current=video)
+
+    def video_finished(self, video: str, record: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        if record.get("error"):
+            self.progress.console.print(f"[red]failed:[/red] {video}: {record['error']}", highlight=False)
+        self.progress.advance(self.task)
+
+
+def render_summary(console: Console, summary: Any) -> None:
+    """The end-of-run lines: captioned, failed (with names and reasons), skipped, tokens saved, time."""
+    head = "[yellow]interrupted[/yellow]: " if summary.interrupted else ""
+    console.print(
+        f"{head}captioned {len(summary.captioned)}, failed {len(summary.failed)}, "
+        f"skipped {len(summary.already_done)} already captioned and {len(summary.not_videos)} not videos; "
+        f"{summary.tokens_saved:,} tokens saved; {summary.seconds:.1f} s -> {summary.output}",
+        highlight=False,
+    )
+    for video, error in summary.failed:
+        console.print(f"  [red]failed[/red] {video}: {error}", highlight=False, soft_wrap=True)

@@ -1,0 +1,40 @@
+"""Option types shared by the commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_MODEL = "qwen2-vl-2b"
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", "-m",
+    help="Hub id, local folder, alias (see `framefusion models`), or random:tiny-<family> / random:<shape> "
+         "(random weights, nothing to download).")]
+RevisionOption = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit) of the model.")]
+ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="Reduction profile (see `framefusion profiles`).")]
+ProfilesFileOption = Annotated[Optional[Path], typer.Option(
+    "--profiles-file", help="YAML file with more profiles or overrides (schema: docs/profiles.md).")]
+FramesOption = Annotated[Optional[int], typer.Option(
+    "--frames", help="Frames sampled uniformly in time (default 32; even for the Qwen families).")]
+FpsOption = Annotated[Optional[float], typer.Option("--fps", help="Sample at this rate instead, capped by --max-frames.")]
+MaxFramesOption = Annotated[int, typer.Option("--max-frames", help="Cap on frames with --fps.")]
+StartOption = Annotated[Optional[float], typer.Option("--start", help="Start of the span to sample, in seconds.")]
+EndOption = Annotated[Optional[float], typer.Option("--end", help="End of the span to sample, in seconds.")]
+MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate per answer.")]
+TemperatureOption = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy (default).")]
+SeedOption = Annotated[Optional[int], typer.Option(help="Random seed for sampling (with --temperature > 0).")]
+SystemOption = Annotated[Optional[str], typer.Option(help="System prompt.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (GPU if there is one), cpu, cuda, cuda:1, mps.")]
+DtypeOption = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")]
+AttnOption = Annotated[str, typer.Option("--attn", help="Attention backend: sdpa, eager or flash_attention_2.")]
+BackendOption = Annotated[str, typer.Option("--backend", help="Video decoder: auto, decord or pyav.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (logs go to stderr).")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+TrustRemoteCodeOption = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Allow the model repository's own Python code to run (off by default).")]
+NoReferencePositionsOption = Annotated[bool, typer.Option(
+    "--no-reference-positions",
+    help="Qwen2-VL/2.5-VL: keep transformers 5.x's rotary positions instead of Qwen's reference ones (for comparison).")]

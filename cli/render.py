@@ -1,0 +1,79 @@
+"""Rendering of results for people: rich tables. No computing happens here."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.columns import Columns
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from framefusion.pipeline import AskResult
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def token_table(result: AskResult) -> Table:
+    tokens = result.tokens
+    table = Table(title=f"Tokens · {result.profile}", title_justify="left", show_edge=False)
+    table.add_column("stage")
+    table.add_column("layer", justify="right")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("frames sampled", "", "", f"{tokens.frames}")
+    table.add_row("visual tokens", "", "", f"{tokens.visual:,}")
+    table.add_row("tokens entering the LLM", "", "", f"{tokens.prompt:,}")
+    for stage in tokens.stages:
+        table.add_row(stage.name, str(stage.layer), f"{stage.before:,}", f"{stage.after:,}")
+    table.add_row(Text("final", style="bold"), "", "", Text(f"{tokens.final:,}", style="bold"))
+    table.caption = (
+        f"cost {tokens.cost:.3f} achieved (requested {tokens.requested_cost:g}); "
+        f"{tokens.prompt - tokens.final:,} tokens removed"
+    )
+    return table
+
+
+def per_layer_view(per_layer: Sequence[int], prompt: int) -> Text:
+    """One bar per decoder layer: the tokens its attention saw, relative to the prompt."""
+    if not per_layer:
+        return Text("")
+    bars = "".join(_BARS[max(1, round(count / max(prompt, 1) * (len(_BARS) - 1)))] for count in per_layer)
+    return Text.assemble(("tokens per layer ", "dim"), (bars, "cyan"),
+                         (f"  {per_layer[0]:,} → {per_layer[-1]:,} over {len(per_layer)} layers", "dim"))
+
+
+def timing_table(result: AskResult) -> Table:
+    timings = result.timings
+    table = Table(title="Time (s)", title_justify="left", show_edge=False)
+    for name in ("decode video", "preprocess", "vision", "LLM prefill", "generation", "total"):
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{value:.3f}" for value in (timings.decode_video, timings.preprocess, timings.vision,
+                                                  timings.prefill, timings.generate, timings.total)))
+    table.caption = f"{result.new_tokens} new tokens"
+    return table
+
+
+def result_panel(result: AskResult, show_answer: bool = True) -> Group:
+    parts = []
+    if show_answer:
+        parts.append(Panel(result.answer or "(empty answer)", title=f"{result.profile}", title_align="left"))
+    parts += [token_table(result), per_layer_view(result.tokens.per_layer, result.tokens.prompt),
+              timing_table(result)]
+    return Group(*parts)
+
+
+def render_results(console: Console, results: Sequence[AskResult], answers_streamed: bool) -> None:
+    for result in results:
+        if len(results) > 1 and not answers_streamed:
+            console.print(Text(f"Q: {result.question}", style="bold"))
+        console.print(result_panel(result, show_answer=not answers_streamed))
+        console.print()
+
+
+def render_comparison(console: Console, first: Sequence[AskResult], second: Sequence[AskResult]) -> None:
+    for left, right in zip(first, second):
+        console.print(Text(f"Q: {left.question}", style="bold"))
+        console.print(Columns([result_panel(left), result_panel(right)], equal=True, expand=True))
+        console.print()

@@ -1,0 +1,419 @@
+"""Video question answering with one loaded model: decode -> preprocess -> vision -> prefill -> generate.
+
+The CLI's `ask`, `caption` and `bench` are thin shells over `VideoQA`; everything a library user would need is here,
+and every result is a plain object (`AskResult`) that renders to JSON with `to_dict()`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
+from framefusion.errors import InputError
+from framefusion.profiles import Profile
+from framefusion.runtime import FrameFusionStats
+from framefusion.video import VideoClip
+
+DEFAULT_FRAMES = 32
+QWEN_FAMILIES = ("qwen2-vl", "qwen2.5-vl")
+
+
+@dataclass
+class Timings:
+    """Seconds, each measured around the real work, the device synchronised."""
+
+    decode_video: float = 0.0
+    preprocess: float = 0.0
+    vision: float = 0.0
+    prefill: float = 0.0
+    generate: float = 0.0
+    total: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {key: round(value, 6) for key, value in asdict(self).items()}
+
+
+@dataclass
+class TokenStage:
+    name: str
+    layer: int | None
+    before: int
+    after: int
+
+
+@dataclass
+class TokenReport:
+    """Token counts of one prefill, from the frames to what the last layer kept."""
+
+    frames: int
+    visual: int
+    prompt: int
+    final: int
+    cost: float
+    requested_cost: float
+    per_layer: list[int]
+    stages: list[TokenStage]
+    kept_positions: list[int] = field(default_factory=list, repr=False)
+    framefusion_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "visual": self.visual,
+            "prompt": self.prompt,
+            "final": self.final,
+            "cost": round(self.cost, 6),
+            "requested_cost": self.requested_cost,
+            "per_layer": list(self.per_layer),
+            "stages": [asdict(stage) for stage in self.stages],
+        }
+
+
+@dataclass
+class AskResult:
+    answer: str
+    question: str
+    model: str
+    profile: str
+    video: str
+    tokens: TokenReport
+    timings: Timings
+    new_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "question": self.question,
+            "model": self.model,
+            "profile": self.profile,
+            "video": self.video,
+            "tokens": self.tokens.to_dict(),
+            "timings": self.timings.to_dict(),
+            "new_tokens": self.new_tokens,
+        }
+
+
+@dataclass
+class PreparedVideo:
+    """A decoded clip and its vision features, shared by every question about it."""
+
+    clip: VideoClip
+    video_inputs: dict[str, torch.Tensor]
+    vision_features: Any
+    decode_seconds: float
+    vision_seconds: float
+    preprocess_seconds: float
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def timed(device: torch.device) -> Iterator[list[float]]:
+    """Yields a one-element list that holds the block's duration afterwards, with the device synchronised."""
+    box = [0.0]
+    synchronize(device)
+    start = time.perf_counter()
+    yield box
+    synchronize(device)
+    box[0] = time.perf_counter() - start
+
+
+class _ForwardClock:
+    """Times each forward of the language model (the first of a generate() call is the prefill)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.device = device
+        self.durations: list[float] = []
+        self.ends: list[float] = []
+        self._start = 0.0
+        self._handles = [module.register_forward_pre_hook(self._before),
+                         module.register_forward_hook(self._after)]
+
+    def _before(self, *args: Any) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _after(self, *args: Any) -> None:
+        synchronize(self.device)
+        end = time.perf_counter()
+        self.durations.append(end - self._start)
+        self.ends.append(end)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class _TextStream(BaseStreamer):
+    """Passes each new piece of the answer's text to `on_text` as generate() produces it."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.printed = 0
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # generate() pushes the prompt first
+            self.seen_prompt = True
+            return
+        self.tokens.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        # Hold back an incomplete multi-byte character until its next token arrives.
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.printed:
+            self.on_text(text[self.printed:])
+            self.printed = len(text)
+
+    def end(self) -> None:
+        pass
+
+
+def family_of(model: torch.nn.Module) -> str | None:
+    from framefusion.adapters import ADAPTERS
+
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter.family
+    return None
+
+
+class VideoQA:
+    """One loaded model answering questions about videos under a reduction profile.
+
+    model, processor: a Hugging Face video model (eval mode) and its processor.
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any, *, model_name: str, profile: Profile,
+                 reference_positions: bool = True):
+        self.model = model
+        self.processor = processor
+        self.model_name = model_name
+        self.reference_positions = reference_positions
+        self.device = next(model.parameters()).device
+        self.family = family_of(model)
+        if reference_positions:
+            from framefusion.positions import restore_reference_positions
+
+            # For every profile, baseline included, so that comparisons between profiles stay fair.
+            restore_reference_positions(model)
+        self.profile = profile
+        self.use_profile(profile)
+
+    # --- profile ------------------------------------------------------------------------------------------------
+    def use_profile(self, profile: Profile) -> None:
+        kwargs = profile.reduction_kwargs()
+        if kwargs is None:
+            remove_framefusion(self.model)
+        else:
+            try:
+                apply_framefusion(self.model, **kwargs, reference_positions=self.reference_positions)
+            except ValueError as error:
+                raise InputError(f"profile {profile.name!r}: {error}") from error
+        self.profile = profile
+
+    @property
+    def num_layers(self) -> int:
+        from framefusion.adapters import adapter_for
+
+        return len(adapter_for(self.model).language_model(self.model).layers)
+
+    # --- video --------------------------------------------------------------------------------------------------
+    def prepare_video(self, clip: VideoClip, decode_seconds: float = 0.0) -> PreparedVideo:
+        """Preprocess the clip's frames and run the vision encoder once."""
+        with timed(self.device) as preprocess:
+            video_inputs = self._processor_inputs(clip, "?", None)
+            video_inputs = {key: value for key, value in video_inputs.items()
+                            if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        with timed(self.device) as vision, torch.inference_mode():
+            features = self._vision_features(video_inputs)
+        return PreparedVideo(clip, video_inputs, features, decode_seconds, vision[0], preprocess[0])
+
+    def _vision_features(self, video_inputs: dict[str, torch.Tensor]) -> Any:
+        encode = self.model.get_video_features
+        accepted = inspect.signature(encode).parameters
+        kwargs = {key: value for key, value in video_inputs.items() if key in accepted}
+        return encode(**kwargs, return_dict=True)
+
+    def _processor_inputs(self, clip: VideoClip, question: str, system: str | None) -> dict[str, torch.Tensor]:
+        messages = []
+        if system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(
+            text=[prompt], videos=[clip.frames], video_metadata=[clip.video_metadata()], do_sample_frames=False,
+            return_tensors="pt",
+        )
+        return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                for key, value in inputs.items()}
+
+    # --- one question -------------------------------------------------------------------------------------------
+    def answer(self, prepared: PreparedVideo, question: str, *, max_new_tokens: int = 128,
+               temperature: float = 0.0, seed: int | None = None, system: str | None = None,
+               on_text: Callable[[str], None] | None = None, include_shared_work: bool = True) -> AskResult:
+        """Answer one question about a prepared video. Its prefill is its own: pruning depends on the question.
+
+        include_shared_work: count the video's decode, preprocessing and vision time in this answer's timings (the
+        first question of a video); later questions about the same video reuse that work and count only their own.
+        """
+        if not question.strip():
+            raise InputError("the question is empty: ask something about the video")
+        with timed(self.device) as preprocess:
+            inputs = self._processor_inputs(prepared.clip, question, system)
+        model_inputs = {key: value for key, value in inputs.items() if key not in prepared.video_inputs}
+        # The grid (Qwen) still travels with the prompt: rotary positions are computed from it.
+        for key in ("video_grid_thw", "second_per_grid_ts"):
+            if key in inputs:
+                model_inputs[key] = inputs[key]
+        model_inputs["mm_encoder_outputs"] = {"video": prepared.vision_features}
+
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        generation = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0)
+        if temperature > 0:
+            generation["temperature"] = temperature
+            if seed is not None:
+                torch.manual_seed(seed)
+        else:
+            generation.update(temperature=None, top_p=None, top_k=None)
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        streamer = _TextStream(tokenizer, on_text) if on_text else None
+
+        language_model = self._language_model()
+        clock = _ForwardClock(language_model, self.device)
+        try:
+            with timed(self.device) as generate_all, torch.inference_mode():
+                output = self.model.generate(**model_inputs, **generation, pad_token_id=pad_token_id,
+                                             streamer=streamer)
+            generate_end = time.perf_counter()
+        finally:
+            clock.close()
+        prompt_length = inputs["input_ids"].shape[1]
+        new_ids = output[0, prompt_length:]
+        answer_text = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+        prefill_seconds = clock.durations[0] if clock.durations else generate_all[0]
+        generate_seconds = generate_end - clock.ends[0] if clock.ends else 0.0
+        timings = Timings(
+            decode_video=prepared.decode_seconds if include_shared_work else 0.0,
+            preprocess=preprocess[0] + (prepared.preprocess_seconds if include_shared_work else 0.0),
+            vision=prepared.vision_seconds if include_shared_work else 0.0,
+            prefill=prefill_seconds,
+            generate=generate_seconds,
+        )
+        timings.total = timings.decode_video + timings.preprocess + timings.vision + generate_all[0]
+        tokens = self._token_report(prepared.clip, inputs["input_ids"])
+        return AskResult(
+            answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
+            video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
+        )
+
+    def _language_model(self) -> torch.nn.Module:
+        from framefusion.adapters import adapter_for
+
+        return adapter_for(self.model).language_model(self.model)
+
+    def _token_report(self, clip: VideoClip, input_ids: torch.Tensor) -> TokenReport:
+        handle = framefusion_handle(self.model)
+        video_token_id = getattr(self.model.config, "video_token_id", None)
+        visual = int((input_ids == video_token_id).sum()) if video_token_id is not None else 0
+        prompt = int(input_ids.shape[1])
+        if handle is None:
+            return TokenReport(frames=len(clip.frames), visual=visual, prompt=prompt, final=prompt, cost=1.0,
+                               requested_cost=1.0, per_layer=[prompt] * self.num_layers, stages=[],
+                               kept_positions=list(range(prompt)))
+        stats: FrameFusionStats = handle.stats
+        stages = [
+            TokenStage(f"{step.kind}" + (" (before attention)" if step.where == "before_attention" else ""),
+                       step.layer, step.tokens_before, step.tokens_after)
+            for step in stats.steps
+        ]
+        return TokenReport(
+            frames=len(clip.frames), visual=visual, prompt=stats.prompt_tokens, final=stats.final_tokens,
+            cost=stats.achieved_cost, requested_cost=stats.requested_cost, per_layer=list(stats.tokens_per_layer),
+            stages=stages, kept_positions=list(stats.kept_positions), framefusion_seconds=stats.overhead_seconds,
+        )
+
+
+def ask_video(qa: VideoQA, clip: VideoClip, questions: list[str], *, decode_seconds: float = 0.0,
+              on_text: Callable[[int, str], None] | None = None, **options: Any) -> list[AskResult]:
+    """Answer several questions about one clip: frames and vision features are shared, each prefill is its own."""
+    for question in questions:
+        if not question.strip():
+            raise InputError("a question is empty: ask something about the video")
+    prepared = qa.prepare_video(clip, decode_seconds)
+    results = []
+    for index, question in enumerate(questions):
+        stream = (lambda text, index=index: on_text(index, text)) if on_text else None
+        results.append(qa.answer(prepared, question, on_text=stream, include_shared_work=index == 0, **options))
+    return results
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but no CUDA GPU is available: use --device cpu")
+    return resolved
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bfloat16 matmuls are several times slower than float32 on most CPUs.
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def check_frame_count(family: str | None, frames: int | None) -> None:
+    """Qwen-VL models pair frames into temporal patches: an odd count would repeat the last frame."""
+    if frames is not None and frames < 1:
+        raise InputError(f"--frames must be at least 1, got {frames}")
+    if frames is not None and family in QWEN_FAMILIES and frames % 2:
+        raise InputError(f"{family} takes frames in pairs: use an even --frames (e.g. {frames + 1})")
+
+
+def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dtype: str = "auto",
+                  attn_implementation: str = "sdpa", revision: str | None = None, trust_remote_code: bool = False,
+                  reference_positions: bool = True) -> VideoQA:
+    """Load a model (hub id, local path, alias or random:*) and set it up under `profile`."""
+    from framefusion.model_zoo import load_model, parse_model_spec
+
+    spec = parse_model_spec(model_spec)
+    torch_device = resolve_device(device)
+    loaded = load_model(spec, dtype=resolve_dtype(dtype, torch_device), device=str(torch_device),
+                        attn_implementation=attn_implementation, revision=revision,
+                        trust_remote_code=trust_remote_code)
+    if family_of(loaded.model) is None and profile.reduction_kwargs() is not None:
+        from framefusion.adapters import supported_families
+
+        raise InputError(
+            f"{loaded.name} is a {type(loaded.model).__name__}, which FrameFusion does not support yet "
+            f"(supported families: {', '.join(supported_families())}); use --profile baseline to run it unreduced"
+        )
+    return VideoQA(loaded.model, loaded.processor, model_name=loaded.name, profile=profile,
+                   reference_positions=reference_positions)

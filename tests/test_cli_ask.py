@@ -1,0 +1,125 @@
+"""`framefusion ask` through the real CLI (typer's CliRunner) with tiny random models and videos of our own."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from framefusion_cli.app import app
+
+import videos
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
+runner = CliRunner()
+
+
+def ask(*args: str):
+    return runner.invoke(app, ["ask", *args], catch_exceptions=False)
+
+
+def ask_json(*args: str):
+    result = ask(*args, "--json", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("model", ["random:tiny-qwen2-vl", "random:tiny-qwen2.5-vl", "random:tiny-llava-onevision"])
+def test_json_result_has_the_documented_shape_and_framefusion_reduces(model):
+    payload = ask_json(str(SAMPLE), "What happens?", "--model", model, "--frames", "8")
+    assert set(payload) >= {"answer", "model", "profile", "video", "tokens", "timings"}
+    tokens = payload["tokens"]
+    assert set(tokens) >= {"frames", "visual", "prompt", "final", "cost", "per_layer", "stages"}
+    assert tokens["frames"] == 8 and tokens["visual"] > 0
+    assert tokens["final"] < tokens["prompt"]
+    assert tokens["cost"] == pytest.approx(0.3, abs=0.05)
+    assert len(tokens["per_layer"]) == 8 and max(tokens["per_layer"]) <= tokens["prompt"]
+    assert tokens["stages"][0]["before"] == tokens["prompt"]
+    assert tokens["stages"][-1]["after"] == tokens["final"]
+    assert set(payload["timings"]) == {"decode_video", "preprocess", "vision", "prefill", "generate", "total"}
+    assert all(value >= 0 for value in payload["timings"].values())
+    assert payload["timings"]["total"] >= payload["timings"]["prefill"] + payload["timings"]["vision"]
+    assert payload["profile"] == "framefusion"
+
+
+def test_baseline_keeps_every_token():
+    payload = ask_json(str(SAMPLE), "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8",
+                       "--profile", "baseline")
+    tokens = payload["tokens"]
+    assert tokens["final"] == tokens["prompt"] and tokens["cost"] == 1.0 and tokens["stages"] == []
+    assert tokens["per_layer"] == [tokens["prompt"]] * 8
+
+
+def test_several_questions_and_compare_give_one_object_each():
+    payload = ask_json(str(SAMPLE), "What happens?", "What colour is the ball?", "--model", "random:tiny-qwen2-vl",
+                       "--frames", "8", "--compare", "baseline")
+    assert [item["profile"] for item in payload] == ["framefusion", "framefusion", "baseline", "baseline"]
+    assert [item["question"] for item in payload] == ["What happens?", "What colour is the ball?"] * 2
+    # The vision encoder ran once per profile run: later questions reuse its features.
+    assert payload[1]["timings"]["vision"] == 0.0
+    assert payload[0]["tokens"]["final"] < payload[2]["tokens"]["final"]
+
+
+def test_human_output_streams_the_answer_then_tables():
+    result = ask(str(SAMPLE), "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8",
+                 "--max-new-tokens", "4", "--backend", "pyav")
+    assert result.exit_code == 0, result.output
+    for text in ("A:", "tokens entering the LLM", "merge", "final", "LLM prefill", "tokens per layer"):
+        assert text in result.stdout
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    return videos.broken_videos(tmp_path_factory.mktemp("broken"))
+
+
+def expect_usage_error(result, *words):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:"), result.stderr
+    for word in words:
+        assert word.lower() in result.stderr.lower()
+    assert "loading random" not in result.stderr and "loading qwen" not in result.stderr, "error after loading"
+
+
+def test_bad_videos_are_refused_before_loading(broken, tmp_path):
+    for name, path in broken.items():
+        expect_usage_error(ask(str(path), "What?", "--model", "random:tiny-qwen2-vl"))
+    expect_usage_error(ask(str(tmp_path / "missing.mp4"), "What?"), "missing.mp4")
+    expect_usage_error(ask(str(tmp_path), "What?"))
+
+
+def test_bad_settings_are_refused_before_loading(tmp_path):
+    sample = str(SAMPLE)
+    expect_usage_error(ask(sample, "What?", "--profile", "nope"), "nope")
+    expect_usage_error(ask(sample, "What?", "--frames", "0"), "frames")
+    expect_usage_error(ask(sample, "   "), "empty")
+    expect_usage_error(ask(sample, "What?", "--model", "random:tiny-nope"), "random:tiny-nope")
+    expect_usage_error(ask(sample, "What?", "--model", "random:tiny-qwen2-vl", "--frames", "7"), "even")
+    malformed = tmp_path / "bad.yaml"
+    malformed.write_text("profiles:\n  mine: [unclosed\n")
+    expect_usage_error(ask(sample, "What?", "--profiles-file", str(malformed)), "bad.yaml")
+    out_of_range = tmp_path / "range.yaml"
+    out_of_range.write_text("profiles:\n  mine:\n    description: too cheap\n    method: framefusion\n    cost: 1.5\n")
+    expect_usage_error(ask(sample, "What?", "--profiles-file", str(out_of_range), "--profile", "mine"), "cost")
+
+
+def test_debug_shows_the_traceback():
+    result = ask(str(SAMPLE), "What?", "--profile", "nope", "--debug")
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr
+
+
+def test_profiles_and_models_list_what_is_available():
+    result = runner.invoke(app, ["profiles", "--json"])
+    assert result.exit_code == 0
+    profiles = json.loads(result.stdout)
+    assert {"baseline", "framefusion", "merge-only", "prune-only"} <= set(profiles)
+    assert profiles["framefusion"]["cost"] == 0.3
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    listing = json.loads(result.stdout)
+    families = {item["family"]: item["similarity_lower_bound"] for item in listing["families"]}
+    assert families == {"qwen2-vl": 0.5, "qwen2.5-vl": 0.5, "llava-onevision": 0.6}
+    assert "random:tiny-qwen2-vl" in json.dumps(listing["random"])
