@@ -116,7 +116,7 @@ def ask(
         check_frame_count(getattr(spec, "family", None), frame_count)
         probe_video(video)
 
-        log(json_output, f"loading {model} ...")
+        log(f"loading {model} ...")
         qa = open_video_qa(model, chosen, device=device, dtype=dtype, attn_implementation=attn, revision=revision,
                            trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions)
         check_frame_count(qa.family, frame_count)
@@ -134,8 +134,7 @@ def ask(
         compared_results = []
         if compared is not None:
             qa.use_profile(compared)
-            prepared_again = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, **generation)
-            compared_results = prepared_again
+            compared_results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, **generation)
 
         if json_output:
             payload = [result.to_dict() for result in results + compared_results]
@@ -164,7 +163,7 @@ def _streamer(questions: List[str]) -> Callable[[int, str], None]:
     return on_text
 
 
-def log(json_output: bool, message: str) -> None:
+def log(message: str) -> None:
     """Progress notes: on stderr, so stdout stays clean for --json."""
     stderr.print(f"[dim]{message}[/dim]", highlight=False)
 
