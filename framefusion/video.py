@@ -33,7 +33,7 @@ DEFAULT_SAMPLING_FPS = 2.0
 # Frame times from the two decoders and the slice centres are compared with this slack (seconds), so that
 # float rounding never moves a pick to the neighbouring frame.
 TIME_EPSILON = 1e-4
-# Decode forward instead of seeking when the next wanted time is this close (seconds) after the current frame.
+# Without a keyframe index, decode forward instead of seeking when the next wanted time is this close (seconds).
 SEEK_GAP_SECONDS = 2.0
 # How far before the declared end the probe starts reading packets to find where the video really ends.
 TAIL_SCAN_SECONDS = 2.0
@@ -554,12 +554,27 @@ class _ForwardDecoder:
             return self.current[1], self.current[0]
 
     def _can_continue_to(self, target: float) -> bool:
-        return (
-            self.frames is not None
-            and self.current is not None
-            and self.current[0] <= target + TIME_EPSILON
-            and target - self.current[0] < SEEK_GAP_SECONDS
-        )
+        if self.frames is None or self.current is None or self.current[0] > target + TIME_EPSILON:
+            return False
+        keyframe = self._last_keyframe_at_or_before(target)
+        if keyframe is None:
+            return target - self.current[0] < SEEK_GAP_SECONDS
+        # A seek restarts decoding at that keyframe: it saves work only when the keyframe lies ahead of us.
+        return keyframe <= self.current[0] + TIME_EPSILON
+
+    def _last_keyframe_at_or_before(self, target: float) -> float | None:
+        """Time of the last indexed keyframe at or before `target` (seconds), None when the file has no index.
+
+        Containers index decoding timestamps, a little earlier than presentation ones: close enough to decide.
+        """
+        entries = self.stream.index_entries
+        if len(entries) == 0:
+            return None
+        file_time = int((self.info.start_time + target) / self.stream.time_base)
+        position = entries.search_timestamp(file_time, backward=True, any_frame=False)
+        if position < 0:
+            return None
+        return float(entries[position].timestamp * self.stream.time_base) - self.info.start_time
 
     def _seek(self, target: float, from_start: bool = False) -> None:
         self._sought_from_start = from_start or target <= SEEK_GAP_SECONDS
