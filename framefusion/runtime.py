@@ -93,6 +93,7 @@ class PrefillReduction:
         self.positions = torch.arange(patch_types.numel(), device=patch_types.device)  # [L_current] original indices
         self.original_length = patch_types.numel()
         self.video_tokens = int((patch_types >= 0).sum())
+        self.num_video = self.video_tokens
         self.sparsities: list[float] = []
         self.merging_finished = not settings.merge
         self.pruning_finished = not settings.prune
@@ -107,13 +108,11 @@ class PrefillReduction:
     def length(self) -> int:
         return self.positions.numel()
 
-    @property
-    def num_video(self) -> int:
-        return int((self.patch_types >= 0).sum())
-
     def _keep(self, keep: torch.Tensor) -> None:
         self.positions = self.positions[keep]
         self.patch_types = self.patch_types[keep]
+        # Counted once per step, not per layer: reading a count from the GPU waits for all queued work.
+        self.num_video = int((self.patch_types >= 0).sum())
         self._sliced_cache.clear()
 
     def take_rows(self, tensor: Any, dim: int) -> Any:
