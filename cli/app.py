@@ -96,10 +96,17 @@ def ask(
     """Answer questions about a video and show what FrameFusion did to the tokens, and the time it took."""
 
     def work() -> None:
+        from framefusion.memory import reporting_out_of_memory
         from framefusion.model_zoo import parse_model_spec
         from framefusion.pipeline import DEFAULT_FRAMES, ask_video, check_frame_count, open_video_qa
         from framefusion.profiles import get_profile
-        from framefusion.video import check_sampling_arguments, probe_video, read_video
+        from framefusion.video import (
+            check_frame_shape_for_model,
+            check_sampling_arguments,
+            enlarge_small_frames,
+            probe_video,
+            read_video,
+        )
 
         # Everything that can be checked without the model is checked first.
         for question in questions:
@@ -114,27 +121,35 @@ def ask(
         compared = get_profile(compare, profiles_file) if compare else None
         spec = parse_model_spec(model)
         check_frame_count(getattr(spec, "family", None), frame_count)
-        probe_video(video)
+        info = probe_video(video)
+        check_frame_shape_for_model(info.width, info.height, str(video))
+        # With --fps the frame count depends on the video: the cap is the most the estimate must allow for.
+        expected_frames = frame_count if frame_count is not None else max_frames
 
         log(f"loading {model} ...")
         qa = open_video_qa(model, chosen, device=device, dtype=dtype, attn_implementation=attn, revision=revision,
-                           trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions)
+                           trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions,
+                           frames=expected_frames, frame_size=(info.width, info.height))
         check_frame_count(qa.family, frame_count)
         started = time.perf_counter()
         clip = read_video(video, num_frames=frame_count, fps=fps, max_frames=max_frames,
                           start=start, end=end, backend=backend)
+        clip = enlarge_small_frames(clip)
         decode_seconds = time.perf_counter() - started
 
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system)
         stream = not json_output and compared is None
         on_text = _streamer(questions) if stream else None
-        results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, on_text=on_text, **generation)
+        with reporting_out_of_memory(frames=clip.num_frames, dtype=qa.model.dtype, device=qa.device):
+            results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, on_text=on_text,
+                                **generation)
         if stream:
             stdout.print()
         compared_results = []
         if compared is not None:
             qa.use_profile(compared)
-            compared_results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, **generation)
+            with reporting_out_of_memory(frames=clip.num_frames, dtype=qa.model.dtype, device=qa.device):
+                compared_results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, **generation)
 
         if json_output:
             payload = [result.to_dict() for result in results + compared_results]
@@ -253,13 +268,9 @@ def _listing(title: str, items: Any) -> Table:
 
 
 def _register_commands() -> None:
-    from framefusion_cli import caption
+    from framefusion_cli import bench, caption
 
     caption.register(app)
-    try:
-        from framefusion_cli import bench
-    except ImportError:  # pragma: no cover - bench is optional while it is being built
-        return
     bench.register(app)
 
 

@@ -33,6 +33,14 @@ class FrameFusionHandle:
     def remove(self) -> None:
         remove_framefusion(self.model)
 
+    def use_video_grid(self, video_grid_thw) -> None:
+        """Tell FrameFusion the video grid (Qwen families) for vision features computed before it was applied.
+
+        generate() does not pass `video_grid_thw` on to the forward when it is handed precomputed features
+        (`mm_encoder_outputs`); FrameFusion learns the grid by itself only while the vision encoder runs under it.
+        """
+        self.runtime.remember_video_grid(video_grid_thw)
+
 
 def minimum_cost(num_layers: int, merge: bool = True, dense_layers: int = 2) -> float:
     """The smallest cost a model of `num_layers` decoder layers can be held to.

@@ -17,6 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
 from framefusion.errors import InputError
+from framefusion.memory import reporting_out_of_memory
 from framefusion.profiles import Profile
 from framefusion.runtime import FrameFusionStats
 from framefusion.video import VideoClip
@@ -279,6 +280,10 @@ class VideoQA:
             if key in inputs:
                 model_inputs[key] = inputs[key]
         model_inputs["mm_encoder_outputs"] = {"video": prepared.vision_features}
+        handle = framefusion_handle(self.model)
+        if handle is not None:
+            # The features may predate this profile; generate() will not pass the grid on to the forward.
+            handle.use_video_grid(inputs.get("video_grid_thw"))
 
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         generation = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0)
@@ -294,7 +299,8 @@ class VideoQA:
         language_model = self._language_model()
         clock = _ForwardClock(language_model, self.device)
         try:
-            with timed(self.device) as generate_all, torch.inference_mode():
+            with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device), \
+                    timed(self.device) as generate_all, torch.inference_mode():
                 output = self.model.generate(**model_inputs, **generation, pad_token_id=pad_token_id,
                                              streamer=streamer)
             generate_end = time.perf_counter()
@@ -399,13 +405,23 @@ def check_frame_count(family: str | None, frames: int | None) -> None:
 
 def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dtype: str = "auto",
                   attn_implementation: str = "sdpa", revision: str | None = None, trust_remote_code: bool = False,
-                  reference_positions: bool = True) -> VideoQA:
-    """Load a model (hub id, local path, alias or random:*) and set it up under `profile`."""
+                  reference_positions: bool = True, frames: int | None = None,
+                  frame_size: tuple[int, int] | None = None) -> VideoQA:
+    """Load a model (hub id, local path, alias or random:*) and set it up under `profile`.
+
+    frames, frame_size ((width, height) of the video): what the memory estimate made before loading assumes;
+    without frames only the weights are checked. Raises InputError with the estimate and what to change when the
+    model and the KV cache of `frames` frames do not fit in the device's free memory.
+    """
+    from framefusion.memory import check_memory_fits
     from framefusion.model_zoo import load_model, parse_model_spec
 
     spec = parse_model_spec(model_spec)
     torch_device = resolve_device(device)
-    loaded = load_model(spec, dtype=resolve_dtype(dtype, torch_device), device=str(torch_device),
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    check_memory_fits(spec, dtype=torch_dtype, device=torch_device, frames=frames, frame_size=frame_size,
+                      attn_implementation=attn_implementation, revision=revision)
+    loaded = load_model(spec, dtype=torch_dtype, device=str(torch_device),
                         attn_implementation=attn_implementation, revision=revision,
                         trust_remote_code=trust_remote_code)
     if family_of(loaded.model) is None and profile.reduction_kwargs() is not None:

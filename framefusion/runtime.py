@@ -83,10 +83,59 @@ def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return states * cos + rotated_half * sin
 
 
+class MergedRows:
+    """For every token still present, the original positions whose rows it averages, with their weights (sparse).
+
+    Merging averages hidden states, so anything added per position later (Qwen3-VL's DeepStack features) must be
+    averaged the same way for the merged token: a merged token gets sum(weight * row of source). Entries, each [E]:
+    `token` (current index), `source` (original position), `weight`; at most one entry per original position.
+    """
+
+    def __init__(self, length: int, device: torch.device):
+        self.token = torch.arange(length, device=device)
+        self.source = torch.arange(length, device=device)
+        self.weight = torch.ones(length, device=device)
+
+    def fold(self, length: int, positions_by_patch: torch.Tensor, merge_by_patch: torch.Tensor) -> None:
+        """Move merged tokens' entries to their anchors and divide every anchor's entries by (members + 1).
+
+        The same anchors and plain mean as core.merge_tokens; positions_by_patch, merge_by_patch: [V]; length: L.
+        """
+        order = torch.arange(merge_by_patch.numel(), device=merge_by_patch.device)
+        anchor_index = torch.cummax(torch.where(merge_by_patch, -1, order), dim=0).values
+        run_lengths = torch.bincount(anchor_index[merge_by_patch], minlength=merge_by_patch.numel())
+        destination = torch.arange(length, device=positions_by_patch.device)
+        destination[positions_by_patch] = positions_by_patch[anchor_index]
+        divisor = torch.ones(length, device=positions_by_patch.device)
+        divisor[positions_by_patch] = (run_lengths + 1).to(divisor.dtype)
+        self.token = destination[self.token]
+        self.weight = self.weight / divisor[self.token]
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Drop the entries of removed tokens and renumber the rest. keep: [L] bool over the current tokens."""
+        new_index = torch.cumsum(keep.long(), dim=0) - 1
+        kept = keep[self.token]
+        self.token = new_index[self.token[kept]]
+        self.source = self.source[kept]
+        self.weight = self.weight[kept]
+
+    def combine(self, length: int, source_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Per current token, the weighted sum of `rows` over its sources: [length, d].
+
+        source_mask: [L_original] bool, the original positions that own a row; rows: [source_mask.sum(), d], in
+        position order (as DeepStack's visual_pos_masks and embeddings).
+        """
+        row_of_position = torch.cumsum(source_mask.long(), dim=0) - 1
+        has_row = source_mask[self.source]
+        weighted = rows[row_of_position[self.source[has_row]]] * self.weight[has_row, None].to(rows.dtype)
+        return rows.new_zeros(length, rows.shape[-1]).index_add_(0, self.token[has_row], weighted)
+
+
 class PrefillReduction:
     """The state of one prefill: which original positions are still present, their patch types, the budget."""
 
-    def __init__(self, settings: FrameFusionSettings, patch_types: torch.Tensor, num_layers: int, measure: bool):
+    def __init__(self, settings: FrameFusionSettings, patch_types: torch.Tensor, num_layers: int, measure: bool,
+                 track_merged_rows: bool = False):
         self.settings = settings
         self.num_layers = num_layers
         self.patch_types = patch_types  # [L_current]
@@ -102,6 +151,8 @@ class PrefillReduction:
         )
         self.measure = measure
         self._sliced_cache: dict[int, Any] = {}
+        # Only families that add per-position features inside the stack (Qwen3-VL's DeepStack) need it.
+        self.merged_rows = MergedRows(self.original_length, patch_types.device) if track_merged_rows else None
 
     # --- bookkeeping -------------------------------------------------------------------------------------------
     @property
@@ -111,6 +162,8 @@ class PrefillReduction:
     def _keep(self, keep: torch.Tensor) -> None:
         self.positions = self.positions[keep]
         self.patch_types = self.patch_types[keep]
+        if self.merged_rows is not None:
+            self.merged_rows.keep(keep)
         # Counted once per step, not per layer: reading a count from the GPU waits for all queued work.
         self.num_video = int((self.patch_types >= 0).sum())
         self._sliced_cache.clear()
@@ -169,6 +222,8 @@ class PrefillReduction:
         before = (self.length, self.num_video)
         merged, keep = core.merge_tokens(hidden_states[0], positions_by_patch, plan.merge_by_patch)
         if not bool(keep.all()):
+            if self.merged_rows is not None:
+                self.merged_rows.fold(self.length, positions_by_patch, plan.merge_by_patch)
             self._keep(keep)
             hidden_states = merged[keep].unsqueeze(0)
         self._record_step(layer, "merge", where, before)
@@ -250,7 +305,8 @@ class FrameFusionRuntime:
         self.adapter = adapter
         self.settings = settings
         self.multimodal_model = adapter.multimodal_model(model)
-        self.layers = list(adapter.language_model(model).layers)
+        self.language_model = adapter.language_model(model)
+        self.layers = list(self.language_model.layers)
         self.num_layers = len(self.layers)
         self.stats = FrameFusionStats(requested_cost=settings.cost)
         self.measure_overhead = False
@@ -281,6 +337,29 @@ class FrameFusionRuntime:
         if original_video_features is not None:
             self.multimodal_model.get_video_features = self._capture_video_grid(original_video_features)
             self._patched_video_features = True
+        original_deepstack = getattr(self.language_model, "_deepstack_process", None)
+        if original_deepstack is not None:
+            self.language_model._deepstack_process = self._deepstack_for_present_tokens(original_deepstack)
+
+    @property
+    def has_deepstack(self) -> bool:
+        """Whether the text model adds visual features to the first layers' outputs (Qwen3-VL's DeepStack)."""
+        return hasattr(type(self.language_model), "_deepstack_process")
+
+    def _deepstack_for_present_tokens(self, original: Callable) -> Callable:
+        """DeepStack adds one visual row per visual position; after a reduction, add to each token still present
+        the rows of the positions it stands for, averaged as its hidden state was (see MergedRows)."""
+
+        def deepstack_process(hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
+                              visual_embeds: torch.Tensor) -> torch.Tensor:
+            state = self._prefill
+            if state is None or state.merged_rows is None or state.length == state.original_length:
+                return original(hidden_states, visual_pos_masks, visual_embeds)
+            rows = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+            addition = state.merged_rows.combine(state.length, visual_pos_masks[0].to(hidden_states.device), rows)
+            return hidden_states + addition.unsqueeze(0)
+
+        return deepstack_process
 
     def remove(self) -> None:
         for layer in self.layers:
@@ -291,9 +370,13 @@ class FrameFusionRuntime:
         if self._patched_video_features:
             self.multimodal_model.__dict__.pop("get_video_features", None)
             self._patched_video_features = False
+        self.language_model.__dict__.pop("_deepstack_process", None)
         self._prefill = None
 
     # --- layout of each forward --------------------------------------------------------------------------------
+    def remember_video_grid(self, video_grid_thw: torch.Tensor | None) -> None:
+        self._last_video_grid = video_grid_thw if isinstance(video_grid_thw, torch.Tensor) else None
+
     def _capture_video_grid(self, original: Callable) -> Callable:
         # wraps() keeps the signature: generate() picks the encoder's arguments by inspecting it.
         @functools.wraps(original)
@@ -334,7 +417,8 @@ class FrameFusionRuntime:
         attention_mask = kwargs.get("attention_mask")
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and not bool(attention_mask.all()):
             raise ValueError("FrameFusion does not support padded prompts yet; pass the prompt without padding")
-        self._prefill = PrefillReduction(self.settings, layouts[0], self.num_layers, self.measure_overhead)
+        self._prefill = PrefillReduction(self.settings, layouts[0], self.num_layers, self.measure_overhead,
+                                         track_merged_rows=self.has_deepstack)
 
     def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self._prefill is not None:

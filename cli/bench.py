@@ -1,0 +1,174 @@
+"""`framefusion bench`: parses options, calls framefusion.bench.run_bench, renders the result. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from framefusion_cli import options as opt
+
+DEFAULT_BENCH_MODEL = "random:llava-onevision-qwen2-0.5b"
+
+ProfilesListOption = Annotated[str, typer.Option(
+    "--profiles", help="Comma-separated profiles to compare; speedups are against the first.")]
+RepeatOption = Annotated[int, typer.Option("--repeat", help="Measured rounds, interleaved across profiles (median).")]
+WarmupOption = Annotated[int, typer.Option("--warmup", help="Rounds run first and not counted.")]
+QuestionOption = Annotated[Optional[str], typer.Option("--question", help="The question every profile answers.")]
+PlotOption = Annotated[Optional[Path], typer.Option(
+    "--plot", help="Also write a PNG: tokens per layer and the timing breakdown (needs the `plot` extra).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `bench` command to `app`."""
+    app.command(name="bench")(bench)
+
+
+def bench(
+    video: Annotated[Optional[Path], typer.Argument(
+        help="The video (default: a generated scene with static regions that merge and changing ones that are "
+             "pruned).", show_default=False)] = None,
+    model: opt.ModelOption = DEFAULT_BENCH_MODEL,
+    profiles: ProfilesListOption = "baseline,framefusion",
+    profiles_file: opt.ProfilesFileOption = None,
+    frames: opt.FramesOption = None,
+    repeat: RepeatOption = 3,
+    warmup: WarmupOption = 1,
+    max_new_tokens: opt.MaxNewTokensOption = 16,
+    question: QuestionOption = None,
+    device: opt.DeviceOption = "auto",
+    dtype: opt.DtypeOption = "auto",
+    attn: opt.AttnOption = "sdpa",
+    backend: opt.BackendOption = "auto",
+    json_output: opt.JsonOption = False,
+    plot: PlotOption = None,
+    debug: opt.DebugOption = False,
+) -> None:
+    """Measure reduction profiles side by side on one model and video: tokens, time, memory, speedups."""
+    from framefusion_cli.app import run_guarded, stderr, stdout
+
+    def log(message: str) -> None:  # progress on stderr: stdout stays clean for --json
+        stderr.print(f"[dim]{message}[/dim]", highlight=False)
+
+    def work() -> None:
+        from framefusion import bench as library
+        from framefusion.model_zoo import parse_model_spec
+        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa, resolve_device, resolve_dtype
+        from framefusion.profiles import get_profile
+        from framefusion.video import check_sampling_arguments, probe_video, read_video
+
+        # Everything that can be checked without the model is checked first.
+        names = library.parse_profile_list(profiles)
+        library.check_bench_arguments(names, repeat, warmup, max_new_tokens)
+        chosen = [get_profile(name, profiles_file) for name in names]
+        frame_count = frames if frames is not None else DEFAULT_FRAMES
+        check_sampling_arguments(num_frames=frame_count, fps=None, max_frames=frame_count, start=None, end=None,
+                                 backend=backend)
+        spec = parse_model_spec(model)
+        check_frame_count(getattr(spec, "family", None), frame_count)
+        if plot is not None:
+            library.check_plot_path(plot)
+        if video is not None:
+            probe_video(video)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+
+        generated_folder = None
+        try:
+            source = video
+            if source is None:
+                source = library.synthetic_bench_video()
+                generated_folder = source.parent
+            log(f"loading {model} ...")
+            qa = open_video_qa(model, chosen[0], device=device, dtype=dtype, attn_implementation=attn)
+            check_frame_count(qa.family, frame_count)
+            started = time.perf_counter()
+            clip = read_video(source, num_frames=frame_count, backend=backend)
+            decode_seconds = time.perf_counter() - started
+            result = library.run_bench(
+                qa, clip, chosen, repeat=repeat, warmup=warmup, max_new_tokens=max_new_tokens,
+                question=question or library.DEFAULT_QUESTION, decode_seconds=decode_seconds, dtype=torch_dtype,
+                on_progress=log,
+            )
+        finally:
+            if generated_folder is not None:
+                shutil.rmtree(generated_folder, ignore_errors=True)
+        if video is None:
+            result.video = "(generated scene)"
+        if plot is not None:
+            library.save_plot(result, plot)
+            log(f"plot written to {plot}")
+        if json_output:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            stdout.print(render_bench(result))
+
+    run_guarded(debug, work)
+
+
+# --- rendering -----------------------------------------------------------------------------------------------------
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:,.0f} MB"
+
+
+def _steps(run) -> str:
+    from framefusion.bench import reduction_steps
+
+    parts = [f"{kind.replace(' (before attention)', ' (pre-attn)')} @{layer} −{removed:,}"
+             for kind, layer, removed in reduction_steps(run.tokens)]
+    return ", ".join(parts) or "—"
+
+
+def tokens_table(result) -> Table:
+    table = Table(title="Tokens", title_justify="left", show_edge=False)
+    for column, justify in (("profile", "left"), ("prompt", "right"), ("final", "right"), ("cost", "right"),
+                            ("steps (tokens removed)", "left")):
+        table.add_column(column, justify=justify)
+    for run in result.results:
+        tokens = run.tokens
+        table.add_row(run.profile, f"{tokens.prompt:,}", f"{tokens.final:,}", f"{tokens.cost:.3f}", _steps(run))
+    return table
+
+
+def timings_table(result) -> Table:
+    table = Table(title=f"Time (s, median of {result.repeat})", title_justify="left", show_edge=False)
+    for column in ("profile", "vision", "prefill", "generate", "total", "FrameFusion", "peak memory"):
+        table.add_column(column, justify="left" if column == "profile" else "right")
+    for run in result.results:
+        timings = run.timings
+        own = f"{run.framefusion_seconds:.3f} ({run.framefusion_share_of_prefill:.1%} of prefill)" \
+            if run.tokens.stages else "—"
+        table.add_row(run.profile, f"{timings.vision:.3f}", f"{timings.prefill:.3f}", f"{timings.generate:.3f}",
+                      f"{timings.total:.3f}", own, _megabytes(run.peak_memory_bytes))
+    return table
+
+
+def speedup_table(result) -> Table:
+    table = Table(title=f"Speedup over {result.reference.profile} (limit)", title_justify="left", show_edge=False)
+    for column in ("profile", "prefill", "time to first token", "total", "prefill / limit"):
+        table.add_column(column, justify="left" if column == "profile" else "right")
+    for run in result.results[1:]:
+        s = result.speedup[run.profile]
+        table.add_row(run.profile, f"{s.prefill:.2f}x ({s.prefill_limit:.2f}x)", f"{s.ttft:.2f}x ({s.ttft_limit:.2f}x)",
+                      f"{s.total:.2f}x ({s.total_limit:.2f}x)", f"{s.prefill_of_limit:.0%}")
+    return table
+
+
+def render_bench(result) -> Group:
+    machine = result.machine
+    where = machine.get("gpu") or f"{machine.get('cpu')} ({machine.get('threads')} threads)"
+    heading = Text.assemble((f"{result.model}", "bold"), f" · {result.reference.tokens.frames} frames · ",
+                            f"{machine.get('dtype')} on {where} · {result.video}")
+    parts = [heading, tokens_table(result), timings_table(result)]
+    if len(result.results) > 1:
+        parts.append(speedup_table(result))
+    parts.append(Text("time to first token = vision + prefill; limits: prefill by the tokens each layer processes, "
+                      "the others by Amdahl's law with vision, decoding and preprocessing unchanged.", style="dim"))
+    return Group(*parts)

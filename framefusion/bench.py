@@ -1,0 +1,442 @@
+"""Side-by-side speed of reduction profiles on one model and one video: what FrameFusion buys on this machine.
+
+    qa = open_video_qa("random:llava-onevision-qwen2-0.5b", get_profile("baseline"), device="cpu", dtype="float32")
+    result = run_bench(qa, clip, [get_profile("baseline"), get_profile("framefusion")], repeat=3, warmup=1)
+    result.to_dict()  # machine, model, results per profile, speedups against the first profile with their limits
+
+Every profile answers the same question about the same frames in the same process. Warm-up rounds come first and
+are not counted; then `repeat` rounds, each running every profile once (the order rotates from round to round so no
+profile always runs first), and each timing is the median over the rounds. The pipeline synchronises the device around
+every timer. The CLI's `framefusion bench` only parses options and renders a `BenchResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from framefusion.api import framefusion_handle
+from framefusion.errors import InputError
+from framefusion.pipeline import AskResult, PreparedVideo, Timings, TokenReport, VideoQA
+from framefusion.profiles import Profile
+from framefusion.video import VideoClip
+
+DEFAULT_QUESTION = "What happens in this video?"
+DEFAULT_REPEAT = 3
+DEFAULT_WARMUP = 1
+DEFAULT_MAX_NEW_TOKENS = 16
+# Seconds between two samples of the resident memory while a CPU run is measured.
+RSS_SAMPLING_INTERVAL = 0.005
+TIMING_FIELDS = ("decode_video", "preprocess", "vision", "prefill", "generate", "total")
+
+
+@dataclass
+class ProfileRun:
+    """One profile's measurements: token counts (the same every round), median timings, peak memory.
+
+    peak_memory_bytes: of the LLM work (prefill and generation) only, the part that differs between profiles;
+    on a GPU the most allocated, on a CPU the most resident memory grew during it.
+    """
+
+    profile: str
+    tokens: TokenReport
+    timings: Timings
+    framefusion_seconds: float
+    peak_memory_bytes: int
+    rounds: list[Timings] = field(default_factory=list)
+    new_tokens: int = 0
+
+    @property
+    def framefusion_share_of_prefill(self) -> float:
+        """FrameFusion's own work as a fraction of this profile's (reduced) prefill time."""
+        return self.framefusion_seconds / self.timings.prefill if self.timings.prefill > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "tokens": self.tokens.to_dict(),
+            "timings": self.timings.to_dict(),
+            "framefusion_seconds": round(self.framefusion_seconds, 6),
+            "framefusion_share_of_prefill": round(self.framefusion_share_of_prefill, 6),
+            "peak_memory_bytes": int(self.peak_memory_bytes),
+            "new_tokens": self.new_tokens,
+            "rounds": [timings.to_dict() for timings in self.rounds],
+        }
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Speedups of one profile against the reference (first) profile, and the most each could be."""
+
+    prefill: float
+    ttft: float
+    total: float
+    prefill_limit: float
+    ttft_limit: float
+    total_limit: float
+
+    @property
+    def prefill_of_limit(self) -> float:
+        """How much of the token-layer limit the prefill reached (1.0 = all of it)."""
+        return self.prefill / self.prefill_limit if self.prefill_limit > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        values = dict(prefill=self.prefill, ttft=self.ttft, total=self.total, prefill_limit=self.prefill_limit,
+                      ttft_limit=self.ttft_limit, total_limit=self.total_limit,
+                      prefill_of_limit=self.prefill_of_limit)
+        return {key: round(value, 4) for key, value in values.items()}
+
+
+@dataclass
+class BenchResult:
+    machine: dict[str, Any]
+    model: str
+    video: str
+    question: str
+    repeat: int
+    warmup: int
+    max_new_tokens: int
+    results: list[ProfileRun]
+    speedup: dict[str, Speedup]
+
+    @property
+    def reference(self) -> ProfileRun:
+        return self.results[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": dict(self.machine),
+            "model": self.model,
+            "video": self.video,
+            "question": self.question,
+            "frames": self.reference.tokens.frames,
+            "repeat": self.repeat,
+            "warmup": self.warmup,
+            "max_new_tokens": self.max_new_tokens,
+            "reference_profile": self.reference.profile,
+            "results": [run.to_dict() for run in self.results],
+            "speedup": {name: speedup.to_dict() for name, speedup in self.speedup.items()},
+        }
+
+
+# --- limits and speedups (pure) -----------------------------------------------------------------------------------
+def token_layer_limit(reference_per_layer: Sequence[int], per_layer: Sequence[int]) -> float:
+    """The prefill speedup if time were proportional to the tokens each decoder layer processes.
+
+    For a baseline reference that is N·prompt / Σ tokens per layer; text tokens are never removed, so it sits a
+    little below 1/cost.
+    """
+    reduced = sum(per_layer)
+    return sum(reference_per_layer) / reduced if reduced > 0 else 1.0
+
+
+def amdahl_limit(unchanged_seconds: float, reducible_seconds: float, reducible_limit: float) -> float:
+    """Whole-task speedup when only the reducible part speeds up, by at most `reducible_limit`."""
+    best = unchanged_seconds + reducible_seconds / reducible_limit
+    return (unchanged_seconds + reducible_seconds) / best if best > 0 else 1.0
+
+
+def _ratio(reference: float, value: float) -> float:
+    return reference / value if value > 0 else 0.0
+
+
+def time_to_first_token(timings: Timings) -> float:
+    """Vision encoder + LLM prefill: what separates the profiles before the first token (preprocessing is shared)."""
+    return timings.vision + timings.prefill
+
+
+def compute_speedup(reference: ProfileRun, run: ProfileRun) -> Speedup:
+    """Speedups of `run` over `reference`, next to their limits.
+
+    The vision encoder, video decoding and preprocessing are untouched by token reduction. The LLM's prefill and the
+    decode steps (whose caches hold exactly the tokens each layer kept) are bounded by the token-layer limit.
+    """
+    base = reference.timings
+    limit = token_layer_limit(reference.tokens.per_layer, run.tokens.per_layer)
+    untouched = base.decode_video + base.preprocess + base.vision
+    return Speedup(
+        prefill=_ratio(base.prefill, run.timings.prefill),
+        ttft=_ratio(time_to_first_token(base), time_to_first_token(run.timings)),
+        total=_ratio(base.total, run.timings.total),
+        prefill_limit=limit,
+        ttft_limit=amdahl_limit(base.vision, base.prefill, limit),
+        total_limit=amdahl_limit(untouched, base.total - untouched, limit),
+    )
+
+
+def median_timings(rounds: Sequence[Timings]) -> Timings:
+    """Each field's median over the rounds (fields independently)."""
+    return Timings(**{name: statistics.median(getattr(t, name) for t in rounds) for name in TIMING_FIELDS})
+
+
+def rotated(items: Sequence[Any], by: int) -> list[Any]:
+    """The items starting at index `by` (mod len): round r runs the profiles in this order."""
+    shift = by % len(items) if items else 0
+    return list(items[shift:]) + list(items[:shift])
+
+
+# --- machine and memory ---------------------------------------------------------------------------------------------
+def cpu_model_name() -> str:
+    """The CPU's marketing name (from /proc/cpuinfo on Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        "device": str(device),
+        "cpu": cpu_model_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu_name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def release_free_memory_to_os() -> None:
+    """Hand memory the allocator keeps from earlier runs back to the OS (glibc), so a run's growth is its own."""
+    import ctypes
+    import ctypes.util
+
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return
+    try:
+        trim = ctypes.CDLL(library).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): resident memory is read as it is
+        return
+    trim(0)
+
+
+class _ResidentMemoryPeak:
+    """Samples this process's resident memory in a background thread; `stop()` returns how far it rose."""
+
+    def __init__(self, interval: float = RSS_SAMPLING_INTERVAL):
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.start_bytes = self._process.memory_info().rss
+        self.peak_bytes = self.start_bytes
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+        return self.peak_bytes - self.start_bytes
+
+
+class _MemoryMeter:
+    """Peak memory of one run: GPU max allocated (reset first), or on CPU the increase of resident memory."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes = 0
+
+    def __enter__(self) -> "_MemoryMeter":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            # Without this, pages freed after the warm-up stay resident and later runs appear to need nothing.
+            release_free_memory_to_os()
+            self._rss = _ResidentMemoryPeak()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak_bytes = int(self._rss.stop())
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------------------
+def check_bench_arguments(profile_names: Sequence[str], repeat: int, warmup: int, max_new_tokens: int) -> None:
+    """Everything about the settings that can be checked before a model is loaded."""
+    if not profile_names:
+        raise InputError("no profiles to compare: pass e.g. --profiles baseline,framefusion")
+    duplicates = sorted({name for name in profile_names if list(profile_names).count(name) > 1})
+    if duplicates:
+        raise InputError(f"profile {duplicates[0]!r} is listed twice: name each profile once")
+    if repeat < 1:
+        raise InputError(f"--repeat must be at least 1, got {repeat}")
+    if warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {warmup}")
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
+def parse_profile_list(text: str) -> list[str]:
+    """'baseline, framefusion' -> ['baseline', 'framefusion'] (empty entries dropped)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _answer_under(qa: VideoQA, profile: Profile, prepared: PreparedVideo, question: str,
+                  max_new_tokens: int) -> tuple[AskResult, int]:
+    """One answer under `profile` from shared vision features; returns it and the peak memory of its LLM work."""
+    qa.use_profile(profile)
+    handle = framefusion_handle(qa.model)
+    if handle is not None:
+        handle.runtime.measure_overhead = True
+    with _MemoryMeter(qa.device) as memory:
+        result = qa.answer(prepared, question, max_new_tokens=max_new_tokens)
+    return result, memory.peak_bytes
+
+
+def run_bench(qa: VideoQA, clip: VideoClip, profiles: Sequence[Profile], *, repeat: int = DEFAULT_REPEAT,
+              warmup: int = DEFAULT_WARMUP, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+              question: str = DEFAULT_QUESTION, decode_seconds: float = 0.0, dtype: torch.dtype | None = None,
+              on_progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Measure every profile on the same clip and question; speedups are against profiles[0].
+
+    Token reduction does not touch the vision encoder, so each round runs it once and every profile of that round
+    answers from the same features (and is charged the same vision time): the profiles differ only in the LLM.
+    Warm-up rounds reuse the first features. decode_seconds: the time it took to decode the clip, counted in every
+    profile's total (decoding is shared too).
+    """
+    check_bench_arguments([p.name for p in profiles], repeat, warmup, max_new_tokens)
+    note = on_progress or (lambda message: None)
+    prepared = None
+    for index in range(warmup):
+        if prepared is None:
+            note("warm-up: vision encoder")
+            prepared = qa.prepare_video(clip, decode_seconds)
+        for profile in rotated(profiles, index):
+            note(f"warm-up {index + 1}/{warmup}: {profile.name}")
+            _answer_under(qa, profile, prepared, question, max_new_tokens)
+
+    rounds: dict[str, list[AskResult]] = {profile.name: [] for profile in profiles}
+    peaks: dict[str, int] = {profile.name: 0 for profile in profiles}
+    for index in range(repeat):
+        note(f"round {index + 1}/{repeat}: vision encoder")
+        prepared = qa.prepare_video(clip, decode_seconds)
+        for profile in rotated(profiles, index):
+            note(f"round {index + 1}/{repeat}: {profile.name}")
+            result, peak = _answer_under(qa, profile, prepared, question, max_new_tokens)
+            rounds[profile.name].append(result)
+            peaks[profile.name] = max(peaks[profile.name], peak)
+    qa.use_profile(profiles[0])
+
+    runs = [_summarise(profile.name, rounds[profile.name], peaks[profile.name]) for profile in profiles]
+    speedup = {run.profile: compute_speedup(runs[0], run) for run in runs}
+    model_dtype = dtype or next(qa.model.parameters()).dtype
+    return BenchResult(
+        machine=machine_info(qa.device, model_dtype), model=qa.model_name, video=str(clip.path), question=question,
+        repeat=repeat, warmup=warmup, max_new_tokens=max_new_tokens, results=runs, speedup=speedup,
+    )
+
+
+def _summarise(profile: str, results: Sequence[AskResult], peak_bytes: int) -> ProfileRun:
+    timings = [result.timings for result in results]
+    return ProfileRun(
+        profile=profile,
+        tokens=results[-1].tokens,  # the same every round: same input, deterministic reduction
+        timings=median_timings(timings),
+        framefusion_seconds=statistics.median(result.tokens.framefusion_seconds for result in results),
+        peak_memory_bytes=peak_bytes,
+        rounds=timings,
+        new_tokens=results[-1].new_tokens,
+    )
+
+
+# --- the test video --------------------------------------------------------------------------------------------------
+def synthetic_bench_video(folder: str | Path | None = None) -> Path:
+    """Write the generated scene (static regions that merge, changing and noisy ones left for pruning) to an mp4.
+
+    folder: where to write it (default: a new temporary folder the caller may delete).
+    """
+    from framefusion.synthetic_video import write_synthetic_video
+
+    target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="framefusion-bench-"))
+    return write_synthetic_video(target / "synthetic-scene.mp4", seconds=4.0, fps=16, width=384, height=384)
+
+
+# --- the plot ----------------------------------------------------------------------------------------------------
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise InputError("--plot needs matplotlib: pip install 'framefusion[plot]' (or leave out --plot)") from error
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """A writable .png path, checked before any model is loaded."""
+    target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise InputError(f"--plot writes a PNG: name the file with .png, not {target.name!r}")
+    if not target.parent.exists():
+        raise InputError(f"--plot: the folder {target.parent} does not exist; create it or choose another path")
+    require_matplotlib()
+    return target
+
+
+def save_plot(result: BenchResult, path: str | Path) -> Path:
+    """A PNG with the tokens each decoder layer processed per profile, and each profile's timing breakdown."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    from matplotlib import pyplot
+
+    figure, (tokens_axis, time_axis) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    for run in result.results:
+        tokens_axis.step(range(len(run.tokens.per_layer)), run.tokens.per_layer, where="mid",
+                         label=f"{run.profile} (cost {run.tokens.cost:.2f})")
+    tokens_axis.set_xlabel("decoder layer")
+    tokens_axis.set_ylabel("tokens")
+    tokens_axis.set_ylim(bottom=0)
+    tokens_axis.set_title("Tokens per layer")
+    tokens_axis.legend()
+
+    parts = ("decode_video", "preprocess", "vision", "prefill", "generate")
+    names = [run.profile for run in result.results]
+    bottoms = [0.0] * len(names)
+    for part in parts:
+        values = [getattr(run.timings, part) for run in result.results]
+        time_axis.bar(names, values, bottom=bottoms, label=part.replace("_", " "))
+        bottoms = [bottom + value for bottom, value in zip(bottoms, values)]
+    time_axis.set_ylabel("seconds (median)")
+    time_axis.set_title(f"Time · {result.machine.get('gpu') or result.machine.get('cpu')}")
+    time_axis.legend()
+    figure.suptitle(f"{result.model} · {result.reference.tokens.frames} frames")
+    figure.tight_layout()
+    target = Path(path)
+    figure.savefig(target, dpi=120)
+    pyplot.close(figure)
+    return target
+
+
+def reduction_steps(tokens: TokenReport) -> Iterator[tuple[str, int | None, int]]:
+    """(kind, layer, tokens removed) for each merge or prune step."""
+    for stage in tokens.stages:
+        yield stage.name, stage.layer, stage.before - stage.after
