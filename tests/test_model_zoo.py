@@ -97,8 +97,9 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 # ---------------------------------------------------------------- tiny checkpoints
 
 
-def test_every_family_has_a_tiny_checkpoint_and_expectations():
-    assert set(TINY_FAMILIES) == set(EXPECTED) == {"qwen2-vl", "qwen2.5-vl", "llava-onevision"}
+def test_tiny_checkpoints_exist_for_the_families_checked_here():
+    # The later families are covered, with their own layouts, by tests/test_families.py.
+    assert set(EXPECTED) <= set(TINY_FAMILIES)
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))

@@ -24,7 +24,8 @@ from framefusion.model_zoo.shapes import list_shapes, load_shape
 RANDOM_PREFIX = "random:"
 TINY_PREFIX = "tiny-"
 
-# Short names for the published checkpoints of the supported families (hub ids checked on the hub).
+# Short names for the published checkpoints of the supported families (hub ids checked on the hub; the
+# Qwen3-VL, LLaVA-NeXT-Video, InternVL3 and SmolVLM2 ids are those transformers 5.23's own docs and tests use).
 ALIASES = MappingProxyType(
     {
         "llava-onevision-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
@@ -34,6 +35,13 @@ ALIASES = MappingProxyType(
         "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
         "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
         "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
+        "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
+        "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
+        "llava-next-video-7b": "llava-hf/LLaVA-NeXT-Video-7B-hf",
+        "internvl3-1b": "OpenGVLab/InternVL3-1B-hf",
+        "internvl3-8b": "OpenGVLab/InternVL3-8B-hf",
+        "smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
     }
 )
 

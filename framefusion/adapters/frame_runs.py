@@ -1,0 +1,50 @@
+"""Videos whose frames are written as images: InternVL and SmolVLM expand a video into one image per frame, each
+a run of exactly P image tokens framed by its own markers and a short label ("Frame3: ", "Frame from 00:02:").
+
+The model sees image tokens only, so a video is recognised by its shape: two or more runs of exactly P image
+tokens in a row, each separated from the previous one by a label of `min_gap` to `max_gap` tokens. Tiles of one
+image are separated by markers alone (shorter gaps) and never count as frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from framefusion.adapters.base import video_token_runs
+
+# Longest label between two frames, in tokens; generous, a frame label is a handful of tokens.
+MAX_FRAME_GAP = 32
+
+
+def frame_groups(
+    is_image: torch.Tensor, tokens_per_frame: int, min_gap: int, max_gap: int = MAX_FRAME_GAP
+) -> list[list[tuple[int, int]]]:
+    """The videos in a prompt: lists of (start, end) frame runs. is_image: [L] bool (image token positions)."""
+    videos: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    for start, end in video_token_runs(is_image):
+        is_frame = end - start == tokens_per_frame
+        if is_frame and current and min_gap <= start - current[-1][1] <= max_gap:
+            current.append((start, end))
+            continue
+        if len(current) >= 2:
+            videos.append(current)
+        current = [(start, end)] if is_frame else []
+    if len(current) >= 2:
+        videos.append(current)
+    return videos
+
+
+def frame_patch_types(
+    is_image: torch.Tensor, tokens_per_frame: int, min_gap: int, max_gap: int = MAX_FRAME_GAP
+) -> torch.Tensor | None:
+    """[L] patch types (0 ... P-1 within each frame, a new range per video, -1 elsewhere), or None without video."""
+    videos = frame_groups(is_image, tokens_per_frame, min_gap, max_gap)
+    if not videos:
+        return None
+    patch_types = torch.full(is_image.shape, -1, dtype=torch.long, device=is_image.device)
+    spatial_positions = torch.arange(tokens_per_frame, device=is_image.device)
+    for index, frames in enumerate(videos):
+        for start, end in frames:
+            patch_types[start:end] = spatial_positions + index * tokens_per_frame
+    return patch_types

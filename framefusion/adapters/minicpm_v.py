@@ -1,0 +1,42 @@
+"""MiniCPM-V: why the transformers-native classes are refused.
+
+transformers 5.23 ships MiniCPM-V 4.6 and 4.7 (`minicpmv4_6`, `minicpmv4_7`; also `minicpm_ocr`), and all three
+put a Qwen3.5 language model (`qwen3_5_text`) under the vision encoder: a hybrid stack in which three layers in
+four are Gated DeltaNet linear attention with a recurrent state and only every fourth is softmax attention with a
+KV cache. FrameFusion's per-layer reduction assumes every layer attends over a KV cache it can shorten and whose
+last queries rate importance; a recurrent layer has neither (its state already mixes every token it has seen).
+MiniCPM-V 2.6, the version the FrameFusion paper evaluates, is a standard attention stack but needs remote code
+(trust_remote_code) and is not a transformers-native class.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from framefusion.errors import InputError
+
+REFUSED_MODEL_TYPES = ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+
+
+def recurrent_layer_types(model: nn.Module) -> list[str]:
+    """The non-attention layer kinds of the model's language stack (e.g. ["linear_attention"]), if it lists any."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text_config, "layer_types", None) or []
+    return sorted({kind for kind in layer_types if "linear" in kind})
+
+
+def refuse_hybrid_stack(model: nn.Module) -> None:
+    """InputError saying why, when `model` is a MiniCPM-V class or any model whose language stack is hybrid."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    recurrent = recurrent_layer_types(model)
+    if model_type not in REFUSED_MODEL_TYPES and not recurrent:
+        return
+    kinds = ", ".join(recurrent) or "linear attention"
+    name = f"{type(model).__name__} (model_type {model_type!r})"
+    raise InputError(
+        f"FrameFusion cannot run on {name}: its language model is a hybrid stack whose layers are mostly {kinds} "
+        "with a recurrent state, so there is no per-layer KV cache to shorten and no attention to rate tokens by; "
+        "use a model with a standard attention stack (see docs/adding-a-model.md)"
+    )
