@@ -298,9 +298,10 @@ class VideoQA:
 
         language_model = self._language_model()
         clock = _ForwardClock(language_model, self.device)
+        out_of_memory_advice = reporting_out_of_memory(
+            frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device)
         try:
-            with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device), \
-                    timed(self.device) as generate_all, torch.inference_mode():
+            with out_of_memory_advice, timed(self.device) as generate_all, torch.inference_mode():
                 output = self.model.generate(**model_inputs, **generation, pad_token_id=pad_token_id,
                                              streamer=streamer)
             generate_end = time.perf_counter()

@@ -12,6 +12,8 @@ Times in this module are seconds from the video's first frame.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import logging
 import math
 import numbers
@@ -39,6 +41,10 @@ SEEK_GAP_SECONDS = 2.0
 TAIL_SCAN_SECONDS = 2.0
 # A file whose packets stop more than this (or two frames) before the end its header declares is truncated.
 TRUNCATION_SLACK_SECONDS = 0.2
+# Smallest frame side handed to a model's processor (Qwen-VL's block size); smaller frames are enlarged.
+MIN_MODEL_SIDE = 28
+# Qwen-VL processors refuse frames whose long side is more than this many times the short side.
+MAX_ASPECT_RATIO = 200
 
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe")
 _REENCODE_HINT = "re-encode it (e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or pick another file"
@@ -152,6 +158,39 @@ class VideoClip:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Frames a model's processor can take
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_frame_shape_for_model(width: int, height: int, path: str) -> None:
+    """VideoError for frames no model processor takes: more than MAX_ASPECT_RATIO times wider than tall, or
+    taller than wide (Qwen-VL's resize refuses them). Cheap: call it on `probe_video`'s size before loading."""
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise VideoError(
+            f"{path}: frames of {width}x{height} pixels are too narrow for the model (aspect ratio above "
+            f"{MAX_ASPECT_RATIO}:1); crop or pad the video first."
+        )
+
+
+def enlarge_small_frames(clip: VideoClip, min_side: int = MIN_MODEL_SIDE) -> VideoClip:
+    """The clip with each pixel repeated until both sides are at least `min_side` (nearest neighbour, as a player
+    shows a tiny video enlarged); the clip itself when it is large enough.
+
+    Why: Qwen-VL processors work in 28-pixel blocks, and transformers reads frames 1 or 3 pixels tall as
+    channels-first images, so tiny frames are silently misread. Frames more than MAX_ASPECT_RATIO times wider
+    than tall (or taller than wide) are refused with a VideoError: the processors fail on them.
+    frames: uint8 (T, H, W, 3) -> uint8 (T, H * k, W * k, 3), k = ceil(min_side / min(H, W)).
+    """
+    height, width = clip.height, clip.width
+    check_frame_shape_for_model(width, height, clip.path)
+    factor = math.ceil(min_side / min(height, width))
+    if factor <= 1:
+        return clip
+    enlarged = np.repeat(np.repeat(clip.frames, factor, axis=1), factor, axis=2)
+    return dataclasses.replace(clip, frames=np.ascontiguousarray(enlarged))
+
+
+# --------------------------------------------------------------------------------------------------------
 # Pure sampling rules
 # --------------------------------------------------------------------------------------------------------
 
@@ -260,13 +299,18 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     path_text = str(path)
     _check_regular_file(path_text)
     try:
-        container = av.open(path_text, mode="r")
+        container = av.open(_file_path_for_ffmpeg(path_text), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise VideoError(
             f"{path_text}: not a readable video ({_short(error)}); check the file or {_REENCODE_HINT}."
         ) from None
     with container:
         return _probe_open_container(container, path_text)
+
+
+def _file_path_for_ffmpeg(path: str) -> str:
+    """The absolute path: FFmpeg reads a name such as "concat:a.mp4" or "http:x" as a protocol, not a file."""
+    return os.path.abspath(path)
 
 
 def _check_regular_file(path: str) -> None:
@@ -276,7 +320,10 @@ def _check_regular_file(path: str) -> None:
     except FileNotFoundError:
         raise VideoError(f"{path}: no such file; check the path.") from None
     except OSError as error:
-        raise VideoError(f"{path}: cannot access the file ({_short(error)}).") from None
+        if error.errno == errno.ELOOP:
+            raise VideoError(f"{path}: a loop of symbolic links; point the link at a real file.") from None
+        reason = error.strerror or _short(error)
+        raise VideoError(f"{path}: cannot access the file ({reason}).") from None
     if stat.S_ISDIR(status.st_mode):
         raise VideoError(f"{path}: is a directory; pass a video file inside it.")
     if not stat.S_ISREG(status.st_mode):
@@ -482,12 +529,14 @@ def _read_with_decord(info: VideoInfo, targets: np.ndarray) -> tuple[np.ndarray,
     """Frames at `targets` (seconds from the first frame) with decord. Returns (uint8 (K,H,W,3), times (K,))."""
     import decord
 
-    reader = decord.VideoReader(info.path, ctx=decord.cpu(0))
+    reader = decord.VideoReader(_file_path_for_ffmpeg(info.path), ctx=decord.cpu(0))
     count = len(reader)
     if count < 1:
         raise _DecordDisagrees("decord found no frames")
     spans = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
     starts = spans[:, 0] - spans[0, 0]
+    if np.any(np.diff(starts) < -TIME_EPSILON):
+        raise _DecordDisagrees("decord's frame times go backwards")
     # decord quietly stops early on some damaged files: its frames must reach the end the probe found.
     covered = spans[-1, 1] - spans[0, 0]
     frame_seconds = 1.0 / info.fps if info.fps > 0 else 0.0
@@ -505,7 +554,7 @@ def _read_with_decord(info: VideoInfo, targets: np.ndarray) -> tuple[np.ndarray,
 def _read_with_pyav(info: VideoInfo, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frames at `targets` (seconds from the first frame) with PyAV. Returns (uint8 (K,H,W,3), times (K,))."""
     try:
-        container = av.open(info.path, mode="r")
+        container = av.open(_file_path_for_ffmpeg(info.path), mode="r")
     except (av.FFmpegError, OSError) as error:
         raise VideoError(f"{info.path}: cannot open the video ({_short(error)}).") from None
     with container:
@@ -520,7 +569,11 @@ def _read_with_pyav(info: VideoInfo, targets: np.ndarray) -> tuple[np.ndarray, n
                 converted = {id(frame): _upright_rgb(frame, info.rotation)}
             frames.append(converted[id(frame)])
             times.append(time)
-    return np.stack(frames), np.asarray(times, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    # Seeks into damaged data can still land on frames stamped out of order: refuse rather than mis-time them.
+    if np.any(np.diff(times) < -TIME_EPSILON):
+        raise VideoError(f"{info.path}: frame times go backwards (damaged timestamps); {_REENCODE_HINT}.")
+    return np.stack(frames), times
 
 
 class _ForwardDecoder:
@@ -542,6 +595,10 @@ class _ForwardDecoder:
                 self.upcoming = self._next_frame(target)
             if self.upcoming is None:
                 return self._last_frame_for(target)
+            if self.current is not None and self.upcoming[0] < self.current[0] - TIME_EPSILON:
+                # A frame stamped earlier than one already shown: damaged or repeated data; a player skips it.
+                self.upcoming = None
+                continue
             if self.upcoming[0] <= target + TIME_EPSILON:
                 self.current, self.upcoming = self.upcoming, None
                 continue

@@ -7,6 +7,7 @@ No test asserts on timings: they depend on the machine; only their presence and 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import typer
@@ -191,6 +192,7 @@ def test_cpu_peak_memory_counts_what_a_run_allocates_even_after_earlier_runs_fre
     earlier = [torch.ones(5_000_000) for _ in range(4)]  # 80 MB allocated and freed before the measured run
     del earlier
     with _MemoryMeter(torch.device("cpu")) as meter:
-        run = torch.ones(10_000_000)  # 40 MB
+        run = torch.ones(10_000_000)  # 40 MB, held long enough for the 5 ms sampler to see it
+        time.sleep(0.05)
         del run
     assert meter.peak_bytes >= 30 * 2**20

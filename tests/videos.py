@@ -24,6 +24,9 @@ INDEX_STEP = 16
 VFR_TIMESTAMPS = (0.0, 0.1, 0.15, 0.2, 0.5, 1.0, 1.05, 1.1, 2.0, 2.5, 2.55, 2.6, 2.65, 3.0)
 # Where the broken files are cut, as fractions of the good file's size.
 TRUNCATION_POINTS = (0.1, 0.5, 0.9)
+# A file name with spaces, accents, CJK and an emoji.
+UNUSUAL_NAME = "holiday clip \u2013 \u00e9t\u00e9 \u65e5\u672c \U0001f3ac.mp4"
+TEN_BIT_PIXEL_FORMAT = "yuv420p10le"
 
 
 def indexed_frames(num_frames: int, width: int = 64, height: int = 48) -> np.ndarray:
@@ -145,6 +148,99 @@ def broken_videos(folder: str | os.PathLike) -> dict[str, Path]:
     return broken
 
 
+def hostile_videos(folder: str | os.PathLike) -> dict[str, Path]:
+    """Valid but unusual files a user may hand over, by name: each must give an answer (or one clear error).
+
+    Some overlap good_videos on purpose: the hardening tests drive each one through `framefusion ask`.
+    """
+    folder = Path(folder)
+    hostile = {
+        "single_frame": write_indexed_video(folder, "single_frame.mp4", seconds=0.125, fps=8),
+        "tiny_1x1": write_indexed_video(folder, "tiny_1x1.mp4", seconds=1.0, fps=4, width=1, height=1),
+        "three_pixels_tall": write_indexed_video(folder, "strip_64x3.mp4", seconds=1.0, fps=4, width=64, height=3),
+        "below_28_px": write_indexed_video(folder, "small_20x14.mp4", seconds=1.0, fps=4, width=20, height=14),
+        "ten_bit": write_ten_bit_video(folder / "ten_bit.mp4"),
+        "long_2h_16px": write_long_tiny_video(folder / "two_hours_16px.mp4"),
+        "vfr": write_indexed_video(folder, "vfr.mp4", timestamps=VFR_TIMESTAMPS, fps=20),
+        "rotated_90": write_indexed_video(folder, "rotated_90.mp4", seconds=1.0, rotation=90),
+        "rotated_270": write_indexed_video(folder, "rotated_270.mp4", seconds=1.0, rotation=-90),
+        "spaces_and_non_ascii_name": write_indexed_video(folder, UNUSUAL_NAME, seconds=1.0),
+        # FFmpeg reads "concat:x" as its concat protocol unless the path is made absolute first.
+        "protocol_like_name": write_indexed_video(folder, "concat:clip.mp4", seconds=1.0),
+        "leading_dash_name": write_indexed_video(folder, "-rf.mp4", seconds=1.0),
+    }
+    hostile["symlink_to_video"] = _symlink(folder / "link_to_clip.mp4", hostile["vfr"])
+    return hostile
+
+
+def unusable_inputs(folder: str | os.PathLike) -> dict[str, Path]:
+    """Paths given as a video that must be refused with a one-line VideoError, at once, by name."""
+    folder = Path(folder)
+    loop = make_symlink_loop(folder / "loop")
+    return {
+        "fifo": make_fifo(folder, "pipe.mp4"),
+        "dev_zero": Path("/dev/zero"),
+        "dev_null": Path("/dev/null"),
+        "symlink_to_dev_zero": _symlink(folder / "zeros.mp4", Path("/dev/zero")),
+        "symlink_loop": loop / "a.mp4",
+        "dangling_symlink": _symlink(folder / "gone.mp4", folder / "never_written.mp4"),
+        "too_wide_600x2": write_indexed_video(folder, "wide_600x2.mp4", seconds=0.5, fps=4, width=600, height=2),
+    }
+
+
+def write_long_tiny_video(path: str | os.PathLike, *, hours: float = 2.0, side: int = 16, fps: int = 1,
+                          keyframe_interval: int = 60) -> Path:
+    """A long video at tiny resolution (default 2 h at 16x16, 1 fps: 7200 frames), written in about a second.
+
+    Frame i is a flat grey of level i % 256: enough to tell which frame a sampler picked near a time.
+    """
+    path = Path(path)
+    count = round(hours * 3600 * fps)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(
+            "libx264", rate=fps, options={"preset": "ultrafast", "g": str(keyframe_interval)})
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for index in range(count):
+            pixels = np.full((side, side, 3), index % 256, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_ten_bit_video(path: str | os.PathLike, *, frames: int = 8, fps: int = 8) -> Path:
+    """Indexed 64x48 frames stored as 10-bit 4:2:0 (yuv420p10le, H.264 High 10)."""
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = 64, 48
+        stream.pix_fmt = TEN_BIT_PIXEL_FORMAT
+        for index, rgb in enumerate(indexed_frames(frames, 64, 48)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=TEN_BIT_PIXEL_FORMAT)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_symlink_loop(folder: str | os.PathLike) -> Path:
+    """A folder holding a.mp4 -> b.mp4 -> a.mp4 and a subfolder linking back to the folder itself."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _symlink(folder / "a.mp4", folder / "b.mp4")
+    _symlink(folder / "b.mp4", folder / "a.mp4")
+    _symlink(folder / "again", folder)
+    return folder
+
+
+def _symlink(link: Path, target: Path) -> Path:
+    # An absolute target: a relative one would be read relative to the link's folder.
+    os.symlink(os.path.abspath(target), link)
+    return link
+
+
 def write_audio_only(path: str | os.PathLike, *, seconds: float = 1.0, cover_art: bool = False) -> Path:
     """A file with one audio stream (a quiet tone) and, with cover_art, an attached picture stream."""
     path = Path(path)
@@ -209,11 +305,18 @@ __all__ = [
     "INDEX_STEP",
     "TRUNCATION_POINTS",
     "VFR_TIMESTAMPS",
+    "TEN_BIT_PIXEL_FORMAT",
+    "UNUSUAL_NAME",
     "broken_videos",
     "good_videos",
+    "hostile_videos",
     "indexed_frames",
     "make_fifo",
+    "make_symlink_loop",
     "read_frame_index",
+    "unusable_inputs",
     "write_audio_only",
     "write_indexed_video",
+    "write_long_tiny_video",
+    "write_ten_bit_video",
 ]

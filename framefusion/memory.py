@@ -1,0 +1,477 @@
+"""Will the model and its video fit? An estimate made before loading, and the same advice when memory runs out.
+
+Estimate = weights + KV cache + prefill activations + a fixed overhead, in bytes:
+  weights      parameters x dtype bytes. Parameters come, in order of preference, from the safetensors headers
+               of a local checkpoint (exact), the safetensors index's total size, or the architecture numbers
+               in config.json (within a few percent for the supported families).
+  KV cache     prompt tokens x layers x 2 (keys and values) x kv_heads x head_dim x dtype bytes, with prompt
+               tokens = visual tokens per frame x frames + TEXT_TOKENS. An upper bound: FrameFusion shortens
+               the cache of later layers, the estimate counts every layer at full length.
+  activations  the largest transient tensors of one prefill layer (MLP intermediates, hidden states; the
+               attention scores with eager attention).
+On the CPU the kernel kills a process that runs out of memory, so this estimate is the only defence there; on
+a GPU a torch.OutOfMemoryError during generation is turned into the same advice (`reporting_out_of_memory`).
+Nothing here raises on a strange or hostile config: the estimate is then None and loading reports the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from framefusion.errors import FrameFusionError, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from framefusion.model_zoo import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+# Text of a prompt around the video (system prompt, question, chat markup), tokens: generous for a question.
+TEXT_TOKENS = 512
+# Python, the CUDA context, allocator slack and small buffers, bytes.
+FIXED_OVERHEAD_BYTES = 512 << 20
+# Qwen-VL merges 2x2 patches of 14 px (28 px blocks) and pairs frames in time.
+QWEN_BLOCK_PIXELS = 28 * 28
+# Per-frame pixel cap of Qwen-VL's published video processors (768 blocks of 28x28 px) when a config does not say.
+QWEN_DEFAULT_MAX_PIXELS = 768 * QWEN_BLOCK_PIXELS
+# Used for a family whose tokens per frame cannot be read from its configs.
+FALLBACK_TOKENS_PER_FRAME = 256
+# A safetensors header larger than this is not read (a real one is a few MB at most).
+MAX_SAFETENSORS_HEADER_BYTES = 100 << 20
+MAX_CONFIG_BYTES = 4 << 20
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                            "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
+_CONFIG_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+GIGABYTE = 1e9
+
+
+@dataclass(frozen=True)
+class ModelNumbers:
+    """What sizes a model's memory: its parameter count (and where it came from) and its KV cache shape."""
+
+    parameter_count: int
+    parameter_source: str
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    tokens_per_frame: int
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one model run needs, by part. frames: frames sampled; tokens: prompt tokens assumed."""
+
+    weights: int
+    kv_cache: int
+    activations: int
+    overhead: int
+    frames: int
+    tokens: int
+    dtype: str
+    parameter_count: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.overhead
+
+    def summary(self) -> str:
+        """One line: 'about 18.2 GB in bfloat16 (weights 16.6 GB, KV cache for 32 frames / 12,800 tokens 1.2 GB, ...)'."""
+        return (
+            f"about {_gb(self.total)} in {self.dtype} (weights {_gb(self.weights)} for "
+            f"{self.parameter_count / 1e9:.2f}B parameters, KV cache {_gb(self.kv_cache)} for {self.frames} frames / "
+            f"{self.tokens:,} tokens, activations {_gb(self.activations)}, overhead {_gb(self.overhead)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pure arithmetic
+# --------------------------------------------------------------------------------------------------------
+
+
+def estimate_memory(numbers: ModelNumbers, *, frames: int, dtype_bytes: int, dtype_name: str,
+                    attn_implementation: str = "sdpa", text_tokens: int = TEXT_TOKENS) -> MemoryEstimate:
+    """The memory one prefill of `frames` frames needs (see the module docstring for each part)."""
+    tokens = max(0, frames) * numbers.tokens_per_frame + text_tokens
+    kv_cache = numbers.num_layers * 2 * numbers.num_kv_heads * numbers.head_dim * tokens * dtype_bytes
+    # Gate, up and activated MLP tensors plus a few copies of the hidden states live at once in one layer.
+    activations = tokens * (3 * numbers.intermediate_size + 4 * numbers.hidden_size) * dtype_bytes
+    if attn_implementation == "eager":
+        # Eager attention materialises heads x tokens x tokens scores, and their softmax.
+        activations += 2 * numbers.num_attention_heads * tokens * tokens * dtype_bytes
+    return MemoryEstimate(
+        weights=numbers.parameter_count * dtype_bytes, kv_cache=kv_cache, activations=activations,
+        overhead=FIXED_OVERHEAD_BYTES, frames=frames, tokens=tokens, dtype=dtype_name,
+        parameter_count=numbers.parameter_count,
+    )
+
+
+def text_config_of(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The language model's part of a (multimodal) config.json dict."""
+    text = config.get("text_config")
+    return text if isinstance(text, Mapping) else config
+
+
+def count_parameters_from_config(config: Mapping[str, Any]) -> int:
+    """Parameters of a decoder-only video LLM from its config.json numbers: embeddings, decoder layers (attention
+    with biases, gated MLP, norms), output head unless tied, vision tower and projector. Raises KeyError,
+    TypeError or ValueError on a config without the numbers."""
+    text = text_config_of(config)
+    hidden = _positive_int(text, "hidden_size")
+    heads = _positive_int(text, "num_attention_heads")
+    kv_heads = _positive_int(text, "num_key_value_heads", default=heads)
+    head_dim = _positive_int(text, "head_dim", default=hidden // heads)
+    layers = _positive_int(text, "num_hidden_layers")
+    vocab = _positive_int(text, "vocab_size")
+    intermediate = _positive_int(text, "intermediate_size")
+    attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    attention += heads * head_dim + 2 * kv_heads * head_dim  # q, k, v biases (Qwen2); tiny when absent
+    per_layer = attention + 3 * hidden * intermediate + 2 * hidden
+    tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
+    language = layers * per_layer + hidden + vocab * hidden * (1 if tied else 2)
+    vision = config.get("vision_config")
+    return language + (_vision_parameters(vision, hidden) if isinstance(vision, Mapping) else 0)
+
+
+def _vision_parameters(vision: Mapping[str, Any], text_hidden: int) -> int:
+    """Vision tower (ViT blocks, patch embedding) and the projector into the language model."""
+    if "embed_dim" in vision:  # Qwen2-VL: hidden_size is the merger's output width
+        width, output = _positive_int(vision, "embed_dim"), _positive_int(vision, "hidden_size", default=text_hidden)
+    else:
+        width = _positive_int(vision, "hidden_size")
+        output = _positive_int(vision, "out_hidden_size", default=text_hidden)
+    depth = _positive_int(vision, "depth", default=None) if "depth" in vision else _positive_int(
+        vision, "num_hidden_layers")
+    if "intermediate_size" in vision:
+        mlp_width = _positive_int(vision, "intermediate_size")
+    else:
+        mlp_width = int(_positive_number(vision, "mlp_ratio", default=4) * width)
+    gated = vision.get("hidden_act") == "silu"  # Qwen2.5-VL's vision MLP is gated (SwiGLU)
+    block = 4 * width * width + 4 * width + (3 if gated else 2) * width * mlp_width + 4 * width
+    patch = _positive_int(vision, "patch_size", default=14)
+    channels = _positive_int(vision, "in_channels", default=3)
+    temporal = _positive_int(vision, "temporal_patch_size", default=1)
+    patch_embedding = channels * temporal * patch * patch * width
+    if "image_size" in vision:  # SigLIP/CLIP: learned position embeddings, one per patch
+        patch_embedding += (_positive_int(vision, "image_size") // patch) ** 2 * width
+    merge = _positive_int(vision, "spatial_merge_size", default=1)
+    if merge > 1:  # Qwen: merge 2x2 patches, then a two-layer MLP to the language model's width
+        merged = width * merge * merge
+        projector = merged * merged + merged + merged * output + output
+    else:  # LLaVA: a two-layer MLP from the vision width to the language model's width
+        projector = width * output + output + output * output + output
+    return depth * block + patch_embedding + projector
+
+
+def tokens_per_frame_from_config(config: Mapping[str, Any], processor: Mapping[str, Any] | None = None,
+                                 frame_size: tuple[int, int] | None = None) -> int:
+    """Visual tokens one frame becomes in the language model's prompt, at most.
+
+    processor: the (video) processor settings; frame_size: (width, height) of the video when known, else the
+    processor's largest frame is assumed.
+    """
+    model_type = str(config.get("model_type", ""))
+    vision = config.get("vision_config") if isinstance(config.get("vision_config"), Mapping) else {}
+    if model_type.startswith("qwen") and "vl" in model_type:
+        max_pixels, min_pixels = _qwen_pixel_limits(processor or {})
+        pixels = max_pixels if frame_size is None else frame_size[0] * frame_size[1]
+        pixels = min(max(pixels, min_pixels), max_pixels)
+        blocks = math.ceil(pixels / QWEN_BLOCK_PIXELS)
+        temporal = _positive_int(vision, "temporal_patch_size", default=2)
+        return max(1, math.ceil(blocks / temporal))
+    if "image_size" in vision and "patch_size" in vision:
+        side = _positive_int(vision, "image_size") // _positive_int(vision, "patch_size")
+        if model_type == "llava_onevision":  # frames are pooled 2x2 before the language model
+            side = math.ceil(side / 2)
+        return max(1, side * side)
+    return FALLBACK_TOKENS_PER_FRAME
+
+
+def _qwen_pixel_limits(processor: Mapping[str, Any]) -> tuple[int, int]:
+    size = processor.get("size") if isinstance(processor.get("size"), Mapping) else {}
+    max_pixels = processor.get("max_pixels", size.get("longest_edge", QWEN_DEFAULT_MAX_PIXELS))
+    min_pixels = processor.get("min_pixels", size.get("shortest_edge", 0))
+    if not _is_positive_number(max_pixels):
+        max_pixels = QWEN_DEFAULT_MAX_PIXELS
+    if not _is_positive_number(min_pixels) or min_pixels > max_pixels:
+        min_pixels = 0
+    return int(max_pixels), int(min_pixels)
+
+
+def model_numbers_from_config(config: Mapping[str, Any], *, processor: Mapping[str, Any] | None = None,
+                              frame_size: tuple[int, int] | None = None, parameter_count: int | None = None,
+                              parameter_source: str = "config.json") -> ModelNumbers:
+    """ModelNumbers from config.json (and the processor settings); parameter_count overrides the computed one."""
+    text = text_config_of(config)
+    hidden = _positive_int(text, "hidden_size")
+    heads = _positive_int(text, "num_attention_heads")
+    if parameter_count is None:
+        parameter_count, parameter_source = count_parameters_from_config(config), "config.json"
+    return ModelNumbers(
+        parameter_count=int(parameter_count),
+        parameter_source=parameter_source,
+        num_layers=_positive_int(text, "num_hidden_layers"),
+        num_attention_heads=heads,
+        num_kv_heads=_positive_int(text, "num_key_value_heads", default=heads),
+        head_dim=_positive_int(text, "head_dim", default=hidden // heads),
+        hidden_size=hidden,
+        intermediate_size=_positive_int(text, "intermediate_size"),
+        tokens_per_frame=tokens_per_frame_from_config(config, processor, frame_size),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading checkpoints (never trusting them)
+# --------------------------------------------------------------------------------------------------------
+
+
+def count_parameters_from_safetensors(paths: list[Path]) -> int | None:
+    """Exact parameter count from the headers of .safetensors files (the tensors are not read); None if any
+    header is missing, too large or malformed."""
+    total = 0
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                if length > MAX_SAFETENSORS_HEADER_BYTES:
+                    return None
+                header = json.loads(handle.read(length))
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    total += math.prod(int(side) for side in entry["shape"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, struct.error):
+            return None
+    return total or None
+
+
+def count_parameters_from_index(index: Mapping[str, Any], config: Mapping[str, Any]) -> int | None:
+    """Parameters from a safetensors index's total size (bytes) and the checkpoint's stored dtype."""
+    metadata = index.get("metadata")
+    total_size = metadata.get("total_size") if isinstance(metadata, Mapping) else None
+    if not _is_positive_number(total_size):
+        return None
+    stored = config.get("dtype") or config.get("torch_dtype") or text_config_of(config).get("dtype") or "bfloat16"
+    return int(total_size) // _CONFIG_DTYPE_BYTES.get(str(stored), 2)
+
+
+def model_numbers_from_folder(folder: str | Path, frame_size: tuple[int, int] | None = None) -> ModelNumbers:
+    """ModelNumbers of a checkpoint folder (config.json, processor configs, safetensors). Raises on a bad config."""
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    processor = _processor_settings(folder)
+    index_path = folder / "model.safetensors.index.json"
+    count, source = None, "config.json"
+    if index_path.is_file():
+        count, source = count_parameters_from_index(_read_json(index_path), config), "safetensors index"
+    if count is None:
+        files = sorted(folder.glob("*.safetensors"))
+        count, source = (count_parameters_from_safetensors(files), "safetensors") if files else (None, source)
+    return model_numbers_from_config(config, processor=processor, frame_size=frame_size, parameter_count=count,
+                                     parameter_source=source if count is not None else "config.json")
+
+
+def _processor_settings(folder: Path) -> dict[str, Any]:
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json"):
+        if (folder / name).is_file():
+            settings = _read_json(folder / name)
+            nested = settings.get("video_processor")
+            return dict(nested) if isinstance(nested, Mapping) else settings
+    return {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+    value = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return value
+
+
+def _hub_folder(repo_id: str, revision: str | None) -> Path | None:
+    """A local folder with the hub model's small JSON files (downloaded or from the cache); None when unreachable."""
+    from huggingface_hub import hf_hub_download
+
+    config = hf_hub_download(repo_id, "config.json", revision=revision)
+    for name in ("model.safetensors.index.json", "video_preprocessor_config.json", "preprocessor_config.json"):
+        try:
+            hf_hub_download(repo_id, name, revision=revision)
+        except Exception:  # noqa: BLE001 - optional files: absent in many repositories
+            pass
+    return Path(config).parent
+
+
+def model_numbers_for_spec(spec: ModelSpec, *, revision: str | None = None,
+                           frame_size: tuple[int, int] | None = None) -> ModelNumbers | None:
+    """ModelNumbers of any model spec before it is loaded; None when they cannot be known (offline hub model,
+    a config without the numbers): the estimate is then skipped, never guessed."""
+    from framefusion.model_zoo import SpecKind, ensure_tiny_checkpoint, load_shape
+
+    try:
+        if spec.kind is SpecKind.SHAPE:
+            shape = load_shape(spec.target)
+            return model_numbers_from_config(
+                shape.config, processor=shape.processor.get("video_processor"), frame_size=frame_size,
+                parameter_count=shape.parameter_count, parameter_source="shape")
+        if spec.kind is SpecKind.TINY:
+            return model_numbers_from_folder(ensure_tiny_checkpoint(spec.target), frame_size)
+        if spec.kind is SpecKind.LOCAL:
+            return model_numbers_from_folder(spec.target, frame_size)
+        folder = _hub_folder(spec.target, revision)
+        return None if folder is None else model_numbers_from_folder(folder, frame_size)
+    except Exception as error:  # noqa: BLE001 - an estimate is advice: loading reports the real problem
+        logger.debug("no memory estimate for %s: %s", spec.name, error)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Comparing with the device
+# --------------------------------------------------------------------------------------------------------
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory where the model will live: available RAM for the CPU, free memory of a CUDA GPU; None when
+    the device does not say (MPS)."""
+    if device.type == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    if device.type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None
+
+
+def check_memory_fits(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device, frames: int | None,
+                      frame_size: tuple[int, int] | None = None, attn_implementation: str = "sdpa",
+                      revision: str | None = None) -> MemoryEstimate | None:
+    """Refuse (InputError with the estimate and what to change) a model run that cannot fit on `device`.
+
+    frames None: only the weights are counted (the caller does not know the frames yet). Returns the estimate,
+    or None when it cannot be made or the device does not report its free memory.
+    """
+    numbers = model_numbers_for_spec(spec, revision=revision, frame_size=frame_size)
+    if numbers is None:
+        return None
+    dtype_name = str(dtype).removeprefix("torch.")
+    estimate = estimate_memory(numbers, frames=frames or 0, dtype_bytes=dtype.itemsize, dtype_name=dtype_name,
+                               attn_implementation=attn_implementation)
+    available = available_memory_bytes(device)
+    if available is None or estimate.total <= available:
+        return estimate
+    hints = _hints(numbers, estimate, available, dtype.itemsize, attn_implementation, device)
+    raise InputError(
+        f"{spec.name} needs {estimate.summary()} but {device} has {_gb(available)} free: {hints}"
+    )
+
+
+def _hints(numbers: ModelNumbers, estimate: MemoryEstimate, available: int, dtype_bytes: int,
+           attn_implementation: str, device: torch.device) -> str:
+    """What would make it fit: fewer frames, a 2-byte dtype, another device. Each is checked with the estimate."""
+    hints = []
+    frames_that_fit = _most_frames_that_fit(numbers, available, dtype_bytes, attn_implementation,
+                                            upper=estimate.frames)
+    if frames_that_fit:
+        hints.append(f"sample fewer frames (--frames {frames_that_fit} fits)")
+    if dtype_bytes > 2:
+        half = estimate_memory(numbers, frames=estimate.frames, dtype_bytes=2, dtype_name="bfloat16",
+                               attn_implementation=attn_implementation)
+        if half.total <= available:
+            hints.append(f"use --dtype bfloat16 (about {_gb(half.total)})")
+    if attn_implementation == "eager":
+        hints.append("use --attn sdpa")
+    hints.append("use a GPU with more free memory" if device.type == "cuda" else "use a GPU or a smaller model")
+    return "; or ".join(hints) + "."
+
+
+def _most_frames_that_fit(numbers: ModelNumbers, available: int, dtype_bytes: int, attn_implementation: str,
+                          upper: int) -> int | None:
+    """The largest even frame count below `upper` whose estimate fits, None when not even 2 frames fit."""
+    def fits(frames: int) -> bool:
+        return estimate_memory(numbers, frames=frames, dtype_bytes=dtype_bytes, dtype_name="",
+                               attn_implementation=attn_implementation).total <= available
+
+    low, high = 0, upper  # fits(low) is assumed, fits(high) is known false; the search keeps that true
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    best = low - low % 2
+    return best if best >= 2 and fits(best) else None
+
+
+def out_of_memory_error(error: BaseException, *, frames: int | None, dtype: torch.dtype | None,
+                        device: torch.device | None) -> FrameFusionError:
+    """The advice of a failed estimate, for an out-of-memory error raised while the model runs."""
+    where = f" on {device}" if device is not None else ""
+    dtype_hint = " or --dtype bfloat16" if dtype is not None and dtype.itemsize > 2 else ""
+    frames_hint = f"fewer frames than {frames} (--frames)" if frames else "fewer frames (--frames)"
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    on_gpu = device is not None and device.type == "cuda"
+    elsewhere = "close other programs using the GPU, or use a GPU with more memory" if on_gpu else (
+        "or use a machine with more memory")
+    return FrameFusionError(
+        f"out of memory{where} while the model ran ({first_line}): sample {frames_hint}{dtype_hint}, {elsewhere}."
+    )
+
+
+@contextmanager
+def reporting_out_of_memory(*, frames: int | None = None, dtype: torch.dtype | None = None,
+                            device: torch.device | None = None) -> Iterator[None]:
+    """Turn torch.OutOfMemoryError in the block into a one-line FrameFusionError, freeing the cached GPU memory
+    so that the next video (caption) gets a fair try."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise out_of_memory_error(error, frames=frames, dtype=dtype, device=device) from error
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+def _gb(count: int) -> str:
+    return f"{count / GIGABYTE:.1f} GB" if count >= 0.1 * GIGABYTE else f"{count / 1e6:.0f} MB"
+
+
+def _is_positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+_MISSING = object()
+
+
+def _positive_number(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> float:
+    value = mapping.get(key, default)
+    if value is _MISSING:
+        raise KeyError(key)
+    if not _is_positive_number(value):
+        raise ValueError(f"{key} must be a positive number, got {value!r}")
+    return value
+
+
+def _positive_int(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> int:
+    value = mapping.get(key)
+    if value is None:
+        if default is _MISSING or default is None:
+            raise KeyError(key)
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key} must be a positive whole number, got {value!r}")
+    return value
