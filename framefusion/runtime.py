@@ -150,7 +150,7 @@ class PrefillReduction:
             prompt_tokens=self.original_length, video_tokens=self.video_tokens, requested_cost=settings.cost
         )
         self.measure = measure
-        self._sliced_cache: dict[int, Any] = {}
+        self._sliced_cache: dict[tuple[int, int], Any] = {}  # (id of the full tensor, dim) -> (tensor, rows)
         # Only families that add per-position features inside the stack (Qwen3-VL's DeepStack) need it.
         self.merged_rows = MergedRows(self.original_length, patch_types.device) if track_merged_rows else None
 
