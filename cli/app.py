@@ -103,7 +103,6 @@ def ask(
         from framefusion.video import (
             check_frame_shape_for_model,
             check_sampling_arguments,
-            enlarge_small_frames,
             probe_video,
             read_video,
         )
@@ -134,7 +133,6 @@ def ask(
         started = time.perf_counter()
         clip = read_video(video, num_frames=frame_count, fps=fps, max_frames=max_frames,
                           start=start, end=end, backend=backend)
-        clip = enlarge_small_frames(clip)
         decode_seconds = time.perf_counter() - started
 
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system)

@@ -188,14 +188,18 @@ def find_videos(folder: str | os.PathLike, *, recursive: bool = False, exclude: 
     exclude: files never listed (the output file, when it lies inside the folder).
     """
     root = Path(folder)
-    excluded = {path.resolve() for path in exclude}
+    excluded = {Path(os.path.realpath(path)) for path in exclude}
     pattern = root.rglob("*") if recursive else root.iterdir()
     videos, others = [], []
     for path in pattern:
         relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        # A video-named entry that is no regular file (FIFO, link loop, dangling link) stays listed: reading it
+        # fails with a clear error record instead of the file vanishing from the batch unnoticed.
+        if any(part.startswith(".") for part in relative.parts) or path.is_dir():
             continue
-        if path.resolve() in excluded:
+        if not path.is_file() and not is_video_name(path.name):
+            continue
+        if Path(os.path.realpath(path)) in excluded:  # realpath: a link loop must not raise here
             continue
         (videos if is_video_name(path.name) else others).append(relative.as_posix())
     return FolderListing(tuple(sorted(videos)), tuple(sorted(others)))
@@ -367,10 +371,12 @@ def _signals_held() -> Iterator[None]:
 
 def decode_video(path: str, settings: CaptionSettings) -> Any:
     """The frames of one video as `settings` sample them: a VideoClip."""
-    from framefusion.video import read_video
+    from framefusion.video import check_frame_shape_for_model, read_video
 
-    return read_video(path, num_frames=settings.frames if settings.fps is None else None, fps=settings.fps,
+    clip = read_video(path, num_frames=settings.frames if settings.fps is None else None, fps=settings.fps,
                       max_frames=settings.max_frames, backend=settings.backend)
+    check_frame_shape_for_model(clip.width, clip.height, path)
+    return clip
 
 
 def _decode_loop(connection: Connection, decode: Callable[[str, CaptionSettings], Any]) -> None:

@@ -20,7 +20,7 @@ from framefusion.errors import InputError
 from framefusion.memory import reporting_out_of_memory
 from framefusion.profiles import Profile
 from framefusion.runtime import FrameFusionStats
-from framefusion.video import VideoClip
+from framefusion.video import VideoClip, enlarge_small_frames
 
 DEFAULT_FRAMES = 32
 QWEN_FAMILIES = ("qwen2-vl", "qwen2.5-vl")
@@ -234,6 +234,8 @@ class VideoQA:
     # --- video --------------------------------------------------------------------------------------------------
     def prepare_video(self, clip: VideoClip, decode_seconds: float = 0.0) -> PreparedVideo:
         """Preprocess the clip's frames and run the vision encoder once."""
+        # Processors reject or misread frames only a few pixels high or wide: enlarge those first.
+        clip = enlarge_small_frames(clip)
         with timed(self.device) as preprocess:
             video_inputs = self._processor_inputs(clip, "?", None)
             video_inputs = {key: value for key, value in video_inputs.items()
