@@ -14,6 +14,8 @@ from framefusion.errors import InputError
 from framefusion.model_zoo import load_model, parse_model_spec
 from framefusion.runtime import MergedRows
 
+from cache_check import assert_cached_equals_recomputed
+
 FAMILIES = ["qwen3-vl", "llava-next-video", "internvl", "smolvlm"]
 FRAMES, SIDE = 8, 112
 # Video tokens for 8 frames of 112x112 (8x8 patches of 14 px): Qwen3-VL 4 groups of 2 frames x 4x4 merged
@@ -127,52 +129,13 @@ def test_per_layer_counts_follow_the_budget(family):
         assert set(torch.nonzero(inputs["input_ids"][0] != video_id).squeeze(-1).tolist()) <= kept
 
 
-def _recompute(model, inputs, new_tokens, prune_keep):
-    """Last-position logits of prompt + new_tokens in one forward without cache, the prune selection frozen."""
-    input_ids = torch.cat([inputs["input_ids"], torch.tensor([new_tokens], dtype=torch.long)], dim=1)
-    extended = dict(inputs, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-    if "mm_token_type_ids" in inputs:
-        extended["mm_token_type_ids"] = torch.cat(
-            [inputs["mm_token_type_ids"], torch.zeros(1, len(new_tokens), dtype=inputs["mm_token_type_ids"].dtype)],
-            dim=1)
-    original = core.prune_keep_mask
-
-    def frozen(importance, patch_types, sparsity):
-        if prune_keep is None:
-            return original(importance, patch_types, sparsity)
-        return torch.cat([prune_keep, torch.ones(len(new_tokens), dtype=torch.bool)])
-
-    core.prune_keep_mask = frozen
-    try:
-        with torch.no_grad():
-            return model(**extended, use_cache=False).logits[0, -1]
-    finally:
-        core.prune_keep_mask = original
-
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_cached_generation_equals_recomputation_with_the_prune_frozen(family, attn):
     model, processor = loaded(family, attn)
     inputs = processor_inputs(processor)
     handle = apply_framefusion(model, cost=0.3)
-    recorded = {}
-    original = core.prune_keep_mask
-
-    def recording(importance, patch_types, sparsity):
-        recorded["keep"] = original(importance, patch_types, sparsity)
-        return recorded["keep"]
-
-    core.prune_keep_mask = recording
-    try:
-        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)
-    finally:
-        core.prune_keep_mask = original
+    assert_cached_equals_recomputed(model, inputs, max_new_tokens=4, min_new_tokens=4, check_tokens=False)
     assert handle.stats.reduced
-    new_tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-    for step in range(len(new_tokens)):
-        expected = _recompute(model, inputs, new_tokens[:step], recorded.get("keep"))
-        assert torch.allclose(out.logits[step][0], expected, atol=1e-5), f"step {step}"
 
 
 def test_sdpa_and_eager_select_the_same_tokens(family):

@@ -4,10 +4,11 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from framefusion import apply_framefusion, core, remove_framefusion
+from framefusion import apply_framefusion, remove_framefusion
 from framefusion.api import framefusion_handle
 
 import tiny_models
+from cache_check import assert_cached_equals_recomputed
 
 FAMILIES = sorted(tiny_models.FAMILIES)
 
@@ -99,58 +100,15 @@ def test_sdpa_and_eager_select_the_same_tokens(family):
     assert torch.allclose(kept["sdpa"][2], kept["eager"][2], atol=1e-4)
 
 
-def recompute_without_cache(model, inputs, new_tokens, prune_keep):
-    """Logits of the last position for prompt + new_tokens, in one forward without cache.
-
-    Prompt tokens' hidden states do not depend on later tokens (causal), so merging decides the same; only the
-    prune step looks at the last queries, so it is frozen to what the prefill chose (new tokens always kept).
-    """
-    input_ids = torch.cat([inputs["input_ids"], torch.tensor([new_tokens], dtype=torch.long)], dim=1)
-    extended = dict(inputs, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-    if "mm_token_type_ids" in inputs:
-        extended["mm_token_type_ids"] = (input_ids == tiny_models.VIDEO_TOKEN).int() * 2
-    original = core.prune_keep_mask
-
-    def frozen(importance, patch_types, sparsity):
-        if prune_keep is None:
-            return original(importance, patch_types, sparsity)
-        return torch.cat([prune_keep, torch.ones(len(new_tokens), dtype=torch.bool)])
-
-    core.prune_keep_mask = frozen
-    try:
-        with torch.no_grad():
-            return model(**extended, use_cache=False).logits[0, -1]
-    finally:
-        core.prune_keep_mask = original
-
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_generation_equals_recomputation_with_kept_sets_frozen(family, attn):
     model, inputs = build(family, attn=attn)
     handle = apply_framefusion(model, cost=0.3, similarity_lower_bound=0.9, reference_positions=False)
-    recorded = {}
-    original = core.prune_keep_mask
-
-    def recording(importance, patch_types, sparsity):
-        recorded["keep"] = original(importance, patch_types, sparsity)
-        return recorded["keep"]
-
-    core.prune_keep_mask = recording
-    try:
-        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True, pad_token_id=0)
-    finally:
-        core.prune_keep_mask = original
-    prefill_stats = handle.stats
-    assert prefill_stats.reduced
-    new_tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-    for step in range(len(new_tokens)):
-        expected = recompute_without_cache(model, inputs, new_tokens[:step], recorded.get("keep"))
-        assert torch.allclose(out.logits[step][0], expected, atol=1e-5), f"step {step}"
-        assert int(expected.argmax()) == new_tokens[step]
-    # The recomputations are prefills of their own; the per-layer caches of the generation held fewer tokens.
-    assert prefill_stats.tokens_per_layer[-1] < inputs["input_ids"].shape[1]
+    assert_cached_equals_recomputed(model, inputs, max_new_tokens=6, pad_token_id=0)
+    # The recomputations are prefills of their own: check the generation's own prefill through a fresh one.
+    logits(model, inputs)
+    assert handle.stats.reduced and handle.stats.tokens_per_layer[-1] < inputs["input_ids"].shape[1]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
