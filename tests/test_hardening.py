@@ -373,7 +373,7 @@ def test_sigint_to_a_running_ask_exits_130_without_traceback():
             print("waiting for the signal", file=sys.stderr, flush=True)
             time.sleep(60)
         pipeline.ask_video = waiting
-        from framefusion_cli.app import main
+        from framefusion_cli.entry import main
         sys.argv = ["framefusion", "ask", {str(SAMPLE)!r}, "What?", "--model", "{TINY}", "--frames", "2"]
         main()
     """)
