@@ -297,6 +297,9 @@ class _QueryKeyCapture:
         return queries, keys.repeat_interleave(queries.shape[0] // keys.shape[0], dim=0)
 
 
+_NOT_SET = object()
+
+
 class FrameFusionRuntime:
     """Everything apply_framefusion installs on one model, and how to take it off again."""
 
@@ -313,6 +316,7 @@ class FrameFusionRuntime:
         self._prefill: PrefillReduction | None = None
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []
+        self._replaced_forwards: list[tuple[nn.Module, str, Any]] = []  # (layer, attribute, what it held before)
         self._patched_video_features = False
 
     # --- install / remove --------------------------------------------------------------------------------------
@@ -326,7 +330,11 @@ class FrameFusionRuntime:
                     "FrameFusion cannot hook it"
                 )
         for index, layer in enumerate(self.layers):
-            layer.forward = self._make_layer_forward(layer, index)
+            # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
+            # replace the inner one so its hooks stay in place.
+            attribute = "_old_forward" if hasattr(layer, "_hf_hook") and "_old_forward" in layer.__dict__ else "forward"
+            self._replaced_forwards.append((layer, attribute, layer.__dict__.get(attribute, _NOT_SET)))
+            setattr(layer, attribute, self._make_layer_forward(getattr(layer, attribute), layer, index))
         self._hook_handles.append(
             self.multimodal_model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         )
@@ -362,8 +370,12 @@ class FrameFusionRuntime:
         return deepstack_process
 
     def remove(self) -> None:
-        for layer in self.layers:
-            layer.__dict__.pop("forward", None)
+        for layer, attribute, previous in reversed(self._replaced_forwards):
+            if previous is _NOT_SET:
+                layer.__dict__.pop(attribute, None)
+            else:
+                setattr(layer, attribute, previous)
+        self._replaced_forwards.clear()
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles.clear()
@@ -426,8 +438,7 @@ class FrameFusionRuntime:
             self._prefill = None
 
     # --- the decoder layer ---------------------------------------------------------------------------------------
-    def _make_layer_forward(self, layer: nn.Module, index: int) -> Callable:
-        original_forward = layer.forward  # the bound class method
+    def _make_layer_forward(self, original_forward: Callable, layer: nn.Module, index: int) -> Callable:
         runtime = self
 
         def forward(hidden_states: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,

@@ -231,3 +231,29 @@ def test_apply_restores_reference_positions_and_remove_undoes_them():
     assert handle.reference_positions and has_reference_positions(model)
     remove_framefusion(model)
     assert not has_reference_positions(model)
+
+
+def test_accelerate_style_forward_wrappers_stay_in_place():
+    """device_map models: accelerate wraps `forward` and keeps the real one as `_old_forward`."""
+    model, inputs = build("qwen2-vl")
+    baseline = logits(model, inputs)
+    calls = []
+    for layer in model.model.language_model.layers:
+        layer._hf_hook = object()
+        layer._old_forward = layer.forward
+
+        def wrapper(*args, _layer=layer, **kwargs):
+            calls.append(1)
+            return _layer._old_forward(*args, **kwargs)
+
+        layer.forward = wrapper
+    wrappers = [layer.forward for layer in model.model.language_model.layers]
+    old_forwards = [layer._old_forward for layer in model.model.language_model.layers]
+
+    handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+    logits(model, inputs)
+    assert handle.stats.reduced and calls, "FrameFusion ran inside the wrapper"
+    remove_framefusion(model)
+    assert [layer.forward for layer in model.model.language_model.layers] == wrappers
+    assert [layer._old_forward for layer in model.model.language_model.layers] == old_forwards
+    assert torch.equal(logits(model, inputs), baseline)
