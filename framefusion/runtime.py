@@ -316,8 +316,8 @@ class FrameFusionRuntime:
         self._prefill: PrefillReduction | None = None
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []
-        self._replaced_forwards: list[tuple[nn.Module, str, Any]] = []  # (layer, attribute, what it held before)
-        self._patched_video_features = False
+        # (module, attribute, what the instance held before: _NOT_SET for nothing)
+        self._replaced_attributes: list[tuple[nn.Module, str, Any]] = []
 
     # --- install / remove --------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -333,8 +333,7 @@ class FrameFusionRuntime:
             # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
             # replace the inner one so its hooks stay in place.
             attribute = "_old_forward" if hasattr(layer, "_hf_hook") and "_old_forward" in layer.__dict__ else "forward"
-            self._replaced_forwards.append((layer, attribute, layer.__dict__.get(attribute, _NOT_SET)))
-            setattr(layer, attribute, self._make_layer_forward(getattr(layer, attribute), layer, index))
+            self._replace(layer, attribute, self._make_layer_forward(getattr(layer, attribute), layer, index))
         self._hook_handles.append(
             self.multimodal_model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         )
@@ -343,11 +342,17 @@ class FrameFusionRuntime:
         )
         original_video_features = getattr(self.multimodal_model, "get_video_features", None)
         if original_video_features is not None:
-            self.multimodal_model.get_video_features = self._capture_video_grid(original_video_features)
-            self._patched_video_features = True
+            self._replace(self.multimodal_model, "get_video_features",
+                          self._capture_video_grid(original_video_features))
         original_deepstack = getattr(self.language_model, "_deepstack_process", None)
         if original_deepstack is not None:
-            self.language_model._deepstack_process = self._deepstack_for_present_tokens(original_deepstack)
+            self._replace(self.language_model, "_deepstack_process",
+                          self._deepstack_for_present_tokens(original_deepstack))
+
+    def _replace(self, module: nn.Module, attribute: str, replacement: Callable) -> None:
+        """Set an instance attribute, remembering what the instance held before, for remove()."""
+        self._replaced_attributes.append((module, attribute, module.__dict__.get(attribute, _NOT_SET)))
+        setattr(module, attribute, replacement)
 
     @property
     def has_deepstack(self) -> bool:
@@ -370,19 +375,15 @@ class FrameFusionRuntime:
         return deepstack_process
 
     def remove(self) -> None:
-        for layer, attribute, previous in reversed(self._replaced_forwards):
+        for module, attribute, previous in reversed(self._replaced_attributes):
             if previous is _NOT_SET:
-                layer.__dict__.pop(attribute, None)
+                module.__dict__.pop(attribute, None)
             else:
-                setattr(layer, attribute, previous)
-        self._replaced_forwards.clear()
+                setattr(module, attribute, previous)
+        self._replaced_attributes.clear()
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles.clear()
-        if self._patched_video_features:
-            self.multimodal_model.__dict__.pop("get_video_features", None)
-            self._patched_video_features = False
-        self.language_model.__dict__.pop("_deepstack_process", None)
         self._prefill = None
 
     # --- layout of each forward --------------------------------------------------------------------------------
