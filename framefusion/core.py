@@ -126,6 +126,20 @@ def plan_merge(
     return MergePlan(merge, num_to_merge / num_video, True, True)
 
 
+def merge_anchors(merge_by_patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token of a merge step ends up. merge_by_patch: [V] bool in by-patch order.
+
+    Returns (anchor_index [V]: the by-patch index of the token each token folds into, itself when it is kept;
+    run_lengths [V]: how many merged tokens fold into each token).
+    """
+    order = torch.arange(merge_by_patch.numel(), device=merge_by_patch.device)
+    # The anchor of a token is the last unmerged token at or before it in by-patch order; the first token of every
+    # patch type is never merged, so anchors never cross a patch-type boundary.
+    anchor_index = torch.cummax(torch.where(merge_by_patch, -1, order), dim=0).values
+    run_lengths = torch.bincount(anchor_index[merge_by_patch], minlength=merge_by_patch.numel())
+    return anchor_index, run_lengths
+
+
 def merge_tokens(
     hidden_states: torch.Tensor, positions_by_patch: torch.Tensor, merge_by_patch: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,13 +153,9 @@ def merge_tokens(
     keep = torch.ones(hidden_states.shape[0], dtype=torch.bool, device=hidden_states.device)
     if not bool(merge_by_patch.any()):
         return hidden_states, keep
-    order = torch.arange(merge_by_patch.numel(), device=merge_by_patch.device)
-    # The anchor of a token is the last unmerged token at or before it in by-patch order; the first token of every
-    # patch type is never merged, so anchors never cross a patch-type boundary.
-    anchor_index = torch.cummax(torch.where(merge_by_patch, -1, order), dim=0).values
+    anchor_index, run_lengths = merge_anchors(merge_by_patch)
     member_positions = positions_by_patch[merge_by_patch]
     member_anchor_positions = positions_by_patch[anchor_index[merge_by_patch]]
-    run_lengths = torch.bincount(anchor_index[merge_by_patch], minlength=merge_by_patch.numel())
     anchors_with_members = run_lengths > 0
 
     merged = hidden_states.clone()

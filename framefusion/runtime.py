@@ -101,9 +101,7 @@ class MergedRows:
 
         The same anchors and plain mean as core.merge_tokens; positions_by_patch, merge_by_patch: [V]; length: L.
         """
-        order = torch.arange(merge_by_patch.numel(), device=merge_by_patch.device)
-        anchor_index = torch.cummax(torch.where(merge_by_patch, -1, order), dim=0).values
-        run_lengths = torch.bincount(anchor_index[merge_by_patch], minlength=merge_by_patch.numel())
+        anchor_index, run_lengths = core.merge_anchors(merge_by_patch)
         destination = torch.arange(length, device=positions_by_patch.device)
         destination[positions_by_patch] = positions_by_patch[anchor_index]
         divisor = torch.ones(length, device=positions_by_patch.device)
