@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from framefusion.adapters import find_adapter, supported_families
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
 from framefusion.errors import InputError
 from framefusion.memory import reporting_out_of_memory
@@ -182,15 +183,6 @@ class _TextStream(BaseStreamer):
         pass
 
 
-def family_of(model: torch.nn.Module) -> str | None:
-    from framefusion.adapters import ADAPTERS
-
-    for adapter in ADAPTERS:
-        if adapter.matches(model):
-            return adapter.family
-    return None
-
-
 class VideoQA:
     """One loaded model answering questions about videos under a reduction profile.
 
@@ -204,7 +196,10 @@ class VideoQA:
         self.model_name = model_name
         self.reference_positions = reference_positions
         self.device = next(model.parameters()).device
-        self.family = family_of(model)
+        # None for a model FrameFusion does not support: it still runs, unreduced, under the baseline profile.
+        self.adapter = find_adapter(model)
+        self.family = self.adapter.family if self.adapter else None
+        self.language_model = self.adapter.language_model(model) if self.adapter else model.get_decoder()
         if reference_positions:
             from framefusion.positions import restore_reference_positions
 
@@ -227,9 +222,7 @@ class VideoQA:
 
     @property
     def num_layers(self) -> int:
-        from framefusion.adapters import adapter_for
-
-        return len(adapter_for(self.model).language_model(self.model).layers)
+        return len(self.language_model.layers)
 
     # --- video --------------------------------------------------------------------------------------------------
     def prepare_video(self, clip: VideoClip, decode_seconds: float = 0.0) -> PreparedVideo:
@@ -298,8 +291,7 @@ class VideoQA:
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         streamer = _TextStream(tokenizer, on_text) if on_text else None
 
-        language_model = self._language_model()
-        clock = _ForwardClock(language_model, self.device)
+        clock = _ForwardClock(self.language_model, self.device)
         out_of_memory_advice = reporting_out_of_memory(
             frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device)
         try:
@@ -328,11 +320,6 @@ class VideoQA:
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
         )
-
-    def _language_model(self) -> torch.nn.Module:
-        from framefusion.adapters import adapter_for
-
-        return adapter_for(self.model).language_model(self.model)
 
     def _token_report(self, clip: VideoClip, input_ids: torch.Tensor) -> TokenReport:
         handle = framefusion_handle(self.model)
@@ -427,9 +414,7 @@ def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dt
     loaded = load_model(spec, dtype=torch_dtype, device=str(torch_device),
                         attn_implementation=attn_implementation, revision=revision,
                         trust_remote_code=trust_remote_code)
-    if family_of(loaded.model) is None and profile.reduction_kwargs() is not None:
-        from framefusion.adapters import supported_families
-
+    if find_adapter(loaded.model) is None and profile.reduction_kwargs() is not None:
         raise InputError(
             f"{loaded.name} is a {type(loaded.model).__name__}, which FrameFusion does not support yet "
             f"(supported families: {', '.join(supported_families())}); use --profile baseline to run it unreduced"

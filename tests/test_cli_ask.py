@@ -136,3 +136,22 @@ def test_vision_features_computed_under_another_profile_are_reduced():
     qa.use_profile(get_profile("framefusion"))
     result = qa.answer(prepared, "What happens?", max_new_tokens=2)
     assert result.tokens.final < result.tokens.prompt
+
+
+def test_a_model_without_adapter_still_runs_under_baseline(monkeypatch):
+    from framefusion import pipeline
+    from framefusion.model_zoo import load_model, parse_model_spec
+    from framefusion.profiles import get_profile
+    from framefusion.video import read_video
+
+    import torch
+
+    # As if the family were unknown to FrameFusion: the baseline profile needs no adapter.
+    monkeypatch.setattr(pipeline, "find_adapter", lambda model: None)
+    loaded = load_model(parse_model_spec("random:tiny-qwen2-vl"), dtype=torch.float32, device="cpu")
+    qa = pipeline.VideoQA(loaded.model, loaded.processor, model_name=loaded.name, profile=get_profile("baseline"))
+    assert qa.family is None
+    result = qa.answer(qa.prepare_video(read_video(SAMPLE, num_frames=4)), "What happens?", max_new_tokens=2)
+    assert result.tokens.final == result.tokens.prompt
+    assert result.tokens.per_layer == [result.tokens.prompt] * 8
+    assert result.timings.prefill > 0

@@ -36,15 +36,20 @@ def adapter_by_family(family: str) -> FamilyAdapter:
     raise ValueError(f"unknown model family {family!r}; supported: {', '.join(supported_families())}")
 
 
+def find_adapter(model: nn.Module) -> FamilyAdapter | None:
+    """The adapter whose family `model` belongs to (by config/class), or None; never raises."""
+    return next((adapter for adapter in ADAPTERS if adapter.matches(model)), None)
+
+
 def adapter_for(model: nn.Module) -> FamilyAdapter:
     """The adapter for `model`, detected from its config's model_type (not from its name).
 
     Models whose language stack is hybrid (MiniCPM-V 4.x: mostly linear attention) are refused with the reason.
     """
     refuse_hybrid_stack(model)
-    for adapter in ADAPTERS:
-        if adapter.matches(model):
-            return adapter
+    adapter = find_adapter(model)
+    if adapter is not None:
+        return adapter
     config = getattr(model, "config", None)
     found = f"{type(model).__name__} (model_type {getattr(config, 'model_type', None)!r})"
     raise InputError(
@@ -52,4 +57,5 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "VideoInputs", "adapter_by_family", "adapter_for", "supported_families"]
+__all__ = ["ADAPTERS", "FamilyAdapter", "VideoInputs", "adapter_by_family", "adapter_for", "find_adapter",
+           "supported_families"]
