@@ -52,10 +52,7 @@ def bench(
     debug: opt.DebugOption = False,
 ) -> None:
     """Measure reduction profiles side by side on one model and video: tokens, time, memory, speedups."""
-    from framefusion_cli.app import run_guarded, stderr, stdout
-
-    def log(message: str) -> None:  # progress on stderr: stdout stays clean for --json
-        stderr.print(f"[dim]{message}[/dim]", highlight=False)
+    from framefusion_cli.app import log, run_guarded, stdout
 
     def work() -> None:
         from framefusion import bench as library

@@ -53,7 +53,7 @@ def caption(
 
     Exit status: 0 every video captioned, 1 some failed (see their error records), 2 bad usage, 130 interrupted.
     """
-    from framefusion_cli.app import run_guarded
+    from framefusion_cli.app import log, run_guarded
 
     stdout, stderr = Console(), Console(stderr=True)
 
@@ -97,7 +97,7 @@ def caption(
         try:
             # The first video decodes while the model loads.
             run.prefetch(worker)
-            stderr.print(f"[dim]loading {model} ...[/dim]", highlight=False)
+            log(f"loading {model} ...")
             qa = open_video_qa(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
                                revision=revision, trust_remote_code=trust_remote_code)
             check_frame_count(qa.family, settings.frames)
