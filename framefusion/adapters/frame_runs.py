@@ -9,8 +9,9 @@ image are separated by markers alone (shorter gaps) and never count as frames.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from framefusion.adapters.base import video_token_runs
+from framefusion.adapters.base import FamilyAdapter, VideoInputs, video_token_runs
 
 # Longest label between two frames, in tokens; generous, a frame label is a handful of tokens.
 MAX_FRAME_GAP = 32
@@ -48,3 +49,21 @@ def frame_patch_types(
         for start, end in frames:
             patch_types[start:end] = spatial_positions + index * tokens_per_frame
     return patch_types
+
+
+class FramesAsImagesAdapter(FamilyAdapter):
+    """Base of the families whose processor writes each frame as an image (InternVL, SmolVLM).
+
+    Subclasses set `min_frame_gap` (shortest label between two frames, longer than any gap between tiles of one
+    image) and implement tokens_per_frame.
+    """
+
+    min_frame_gap: int = 4
+
+    def video_token_id(self, model: nn.Module) -> int:
+        # Every frame is expanded to image tokens; the <video> placeholder never reaches the model.
+        return int(model.config.image_token_id)
+
+    def patch_types(self, model: nn.Module, input_ids: torch.Tensor, video: VideoInputs) -> torch.Tensor | None:
+        is_image = input_ids == self.video_token_id(model)
+        return frame_patch_types(is_image, self.tokens_per_frame(model, 0, 0, video), self.min_frame_gap)

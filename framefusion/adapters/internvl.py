@@ -7,32 +7,22 @@ Frames are image tokens; a video is found as consecutive runs of exactly P of th
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from framefusion.adapters.base import FamilyAdapter, VideoInputs
-from framefusion.adapters.frame_runs import frame_patch_types
-
-# "</img>", a newline, "FrameK", ":", " ", "<img>": a frame label is at least this long, adjacent images are shorter.
-MIN_FRAME_GAP = 4
+from framefusion.adapters.base import VideoInputs
+from framefusion.adapters.frame_runs import FramesAsImagesAdapter
 
 
-class InternVLAdapter(FamilyAdapter):
+class InternVLAdapter(FramesAsImagesAdapter):
     family = "internvl"
     model_types = ("internvl",)
     default_similarity_lower_bound = 0.5
     similarity_source = "FrameFusion authors' InternVL2.5 example"
     importance_queries = 1
-
-    def video_token_id(self, model: nn.Module) -> int:
-        # Every frame is expanded to image-context tokens; the <video> placeholder never reaches the model.
-        return int(model.config.image_token_id)
+    # "</img>", a newline, "FrameK", ":", " ", "<img>": a frame label is at least this long, adjacent images are shorter.
+    min_frame_gap = 4
 
     def tokens_per_frame(self, model: nn.Module, video_index: int, num_tokens: int, video: VideoInputs) -> int:
         vision = model.config.vision_config
         patches = (vision.image_size[0] // vision.patch_size[0]) * (vision.image_size[1] // vision.patch_size[1])
         return int(patches * model.config.downsample_ratio**2)
-
-    def patch_types(self, model: nn.Module, input_ids: torch.Tensor, video: VideoInputs) -> torch.Tensor | None:
-        is_image = input_ids == self.video_token_id(model)
-        return frame_patch_types(is_image, self.tokens_per_frame(model, 0, 0, video), MIN_FRAME_GAP)

@@ -8,36 +8,26 @@ Frames are image tokens; a video is found as consecutive runs of exactly P of th
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from framefusion.adapters.base import FamilyAdapter, VideoInputs
-from framefusion.adapters.frame_runs import frame_patch_types
-
-# Between frames: <fake_token_around_image>, "\nFrame from MM:SS:" (several tokens), <fake_token_around_image>,
-# <global-img>. Between tiles of one image: <fake_token_around_image><row_i_col_j>, after a newline at most.
-MIN_FRAME_GAP = 6
+from framefusion.adapters.base import VideoInputs
+from framefusion.adapters.frame_runs import FramesAsImagesAdapter
 
 
-class SmolVLMAdapter(FamilyAdapter):
+class SmolVLMAdapter(FramesAsImagesAdapter):
     family = "smolvlm"
     model_types = ("smolvlm",)
     default_similarity_lower_bound = 0.5
     similarity_source = "none published for SmolVLM: the authors' default of 0.5"
     importance_queries = 1
+    # Between frames: <fake_token_around_image>, "\nFrame from MM:SS:" (several tokens), <fake_token_around_image>,
+    # <global-img>. Between tiles of one image: <fake_token_around_image><row_i_col_j>, after a newline at most.
+    min_frame_gap = 6
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return self.multimodal_model(model).text_model  # SmolVLM names its decoder stack text_model
-
-    def video_token_id(self, model: nn.Module) -> int:
-        # Every frame is expanded to image tokens; the <video> placeholder never reaches the model.
-        return int(model.config.image_token_id)
 
     def tokens_per_frame(self, model: nn.Module, video_index: int, num_tokens: int, video: VideoInputs) -> int:
         vision = model.config.vision_config
         patches_per_side = vision.image_size // vision.patch_size
         return (patches_per_side // model.config.scale_factor) ** 2
-
-    def patch_types(self, model: nn.Module, input_ids: torch.Tensor, video: VideoInputs) -> torch.Tensor | None:
-        is_image = input_ids == self.video_token_id(model)
-        return frame_patch_types(is_image, self.tokens_per_frame(model, 0, 0, video), MIN_FRAME_GAP)
