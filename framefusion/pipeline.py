@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation.streamers import TextStreamer
 
 from framefusion.adapters import find_adapter, supported_families
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
@@ -156,31 +156,16 @@ class _ForwardClock:
             handle.remove()
 
 
-class _TextStream(BaseStreamer):
-    """Passes each new piece of the answer's text to `on_text` as generate() produces it."""
+class _TextStream(TextStreamer):
+    """transformers' TextStreamer (prompt skipped, text released by whole words), handing text to `on_text`."""
 
     def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.on_text = on_text
-        self.tokens: list[int] = []
-        self.printed = 0
-        self.seen_prompt = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:  # generate() pushes the prompt first
-            self.seen_prompt = True
-            return
-        self.tokens.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        # Hold back an incomplete multi-byte character until its next token arrives.
-        if text.endswith("\ufffd"):
-            return
-        if len(text) > self.printed:
-            self.on_text(text[self.printed:])
-            self.printed = len(text)
-
-    def end(self) -> None:
-        pass
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
 
 
 class VideoQA:
