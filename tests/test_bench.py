@@ -10,7 +10,6 @@ import json
 import time
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from framefusion.bench import (
@@ -23,25 +22,13 @@ from framefusion.bench import (
 )
 from framefusion.errors import InputError
 from framefusion.pipeline import Timings
-from framefusion_cli.bench import register
+from framefusion_cli.app import app as APP
 
 runner = CliRunner()
 FAST = ["--frames", "4", "--repeat", "1", "--warmup", "0", "--max-new-tokens", "2", "--device", "cpu",
         "--dtype", "float32"]
 
 
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Subcommands only (so that `bench` is invoked by name, as under `framefusion`)."""
-
-    register(app)
-    return app
-
-
-APP = make_app()
 
 
 def invoke(*arguments: str):

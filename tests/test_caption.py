@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from framefusion.caption import (
@@ -32,24 +31,13 @@ from framefusion.caption import (
     settings_key,
 )
 from framefusion.profiles import get_profile
-from framefusion_cli.caption import register
+from framefusion_cli.app import app
 from videos import write_indexed_video
 
 MODEL = "random:tiny-qwen2-vl"
 FAST = ["--model", MODEL, "--frames", "4", "--max-new-tokens", "4", "--device", "cpu", "--backend", "pyav"]
 GOOD = ("short.mp4", "long.MP4", "wide.mkv", "odd.webm", "sub/nested.mov")
 BROKEN = ("empty.mp4", "truncated.mp4", "notes.mp4")
-
-
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Test app: `caption` as a subcommand, as in the real one."""
-
-    register(app)
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +61,7 @@ def cli(qa, monkeypatch):
         return qa
 
     monkeypatch.setattr(pipeline, "open_video_qa", reuse_model)
-    app, runner = make_app(), CliRunner()
+    runner = CliRunner()
 
     def invoke(*args: str):
         result = runner.invoke(app, ["caption", *map(str, args)])
@@ -305,8 +293,7 @@ def test_timeout_bounds_decoding_and_the_model_and_the_next_video_still_works(vi
 # --------------------------------------------------------------------------------------------------------
 
 _LAUNCH = (
-    "import sys; from framefusion_cli.app import app; from framefusion_cli.caption import register\n"
-    "if not any(command.name == 'caption' for command in app.registered_commands): register(app)\n"
+    "import sys; from framefusion_cli.app import app\n"
     "sys.exit(app())"
 )
 
