@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from framefusion import transformers_compat as compat
 from framefusion.adapters import FamilyAdapter, adapter_for
 from framefusion.runtime import FrameFusionRuntime, FrameFusionSettings, FrameFusionStats
 
@@ -83,7 +84,7 @@ def apply_framefusion(
         raise ValueError("merge and prune are both off: nothing would be reduced; use the model without FrameFusion")
     if not merge and (isinstance(dense_layers, bool) or not isinstance(dense_layers, int) or dense_layers < 1):
         raise ValueError(f"dense_layers must be a whole number >= 1, got {dense_layers!r}")
-    attention = getattr(model.config, "_attn_implementation", None)
+    attention = compat.attention_implementation(model.config)
     if attention == "flex_attention":
         raise ValueError("FrameFusion supports the sdpa, eager and flash-attention backends, not flex_attention")
 

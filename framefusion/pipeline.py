@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 from transformers.generation.streamers import TextStreamer
 
+from framefusion import transformers_compat as compat
 from framefusion.adapters import find_adapter, supported_families
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
 from framefusion.errors import InputError
@@ -235,7 +236,8 @@ class VideoQA:
         messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.processor(
-            text=[prompt], videos=[clip.frames], video_metadata=[clip.video_metadata()], do_sample_frames=False,
+            text=[prompt], videos=compat.processor_videos(clip.frames), video_metadata=[clip.video_metadata()],
+            do_sample_frames=False,
             return_tensors="pt",
         )
         return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value

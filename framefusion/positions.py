@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from framefusion import transformers_compat as compat
 from framefusion.errors import InputError
 
 TEXT_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN = 0, 1, 2
@@ -257,7 +258,7 @@ def _differs_from_reference(inner: torch.nn.Module, family: str) -> bool:
     input_ids = torch.zeros(token_types.shape, dtype=torch.long)
     video_grid_thw = torch.tensor([[4, merge, merge]])
     try:
-        own_positions, _ = inner.get_rope_index(
+        own_positions, _ = getattr(inner, compat.ROPE_INDEX_METHOD)(
             input_ids, mm_token_type_ids=token_types, video_grid_thw=video_grid_thw, attention_mask=None
         )
     except Exception as error:  # noqa: BLE001 - any failure means "cannot tell", reported below
@@ -284,15 +285,15 @@ def remove_reference_positions(model: torch.nn.Module) -> bool:
     if found is None:
         return False
     inner, family = found
-    current = inner.__dict__.get("get_rope_index")
+    current = inner.__dict__.get(compat.ROPE_INDEX_METHOD)
     if current is not None and getattr(current, _PATCH_MARKER, False):
         previous = current.original_instance_attribute
         if previous is _NO_INSTANCE_ATTRIBUTE:
-            del inner.get_rope_index
+            delattr(inner, compat.ROPE_INDEX_METHOD)
         else:
-            inner.get_rope_index = previous
+            setattr(inner, compat.ROPE_INDEX_METHOD, previous)
         # Deltas cached by a forward under the other rule must not leak into the next decode.
-        inner.rope_deltas = None
+        setattr(inner, compat.ROPE_DELTAS_ATTRIBUTE, None)
     return _differs_from_reference(inner, family)
 
 
@@ -307,10 +308,10 @@ def restore_reference_positions(model: torch.nn.Module) -> bool:
     if not remove_reference_positions(model):
         return False
     inner, family = _find_inner_model(model)
-    replacement = _make_reference_get_rope_index(family, inner.get_rope_index)
-    replacement.original_instance_attribute = inner.__dict__.get("get_rope_index", _NO_INSTANCE_ATTRIBUTE)
-    inner.get_rope_index = types.MethodType(replacement, inner)
-    inner.rope_deltas = None
+    replacement = _make_reference_get_rope_index(family, getattr(inner, compat.ROPE_INDEX_METHOD))
+    replacement.original_instance_attribute = inner.__dict__.get(compat.ROPE_INDEX_METHOD, _NO_INSTANCE_ATTRIBUTE)
+    setattr(inner, compat.ROPE_INDEX_METHOD, types.MethodType(replacement, inner))
+    setattr(inner, compat.ROPE_DELTAS_ATTRIBUTE, None)
     return True
 
 
@@ -319,5 +320,5 @@ def has_reference_positions(model: torch.nn.Module) -> bool:
     found = _find_inner_model(model)
     if found is None:
         return False
-    current = found[0].__dict__.get("get_rope_index")
+    current = found[0].__dict__.get(compat.ROPE_INDEX_METHOD)
     return current is not None and getattr(current, _PATCH_MARKER, False)

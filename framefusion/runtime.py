@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from framefusion import core
+from framefusion import transformers_compat as compat
 from framefusion.adapters import FamilyAdapter, VideoInputs
 
 
@@ -330,7 +331,7 @@ class FrameFusionRuntime:
         for index, layer in enumerate(self.layers):
             # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
             # replace the inner one so its hooks stay in place.
-            attribute = "_old_forward" if hasattr(layer, "_hf_hook") and "_old_forward" in layer.__dict__ else "forward"
+            attribute = "_old_forward" if compat.keeps_accelerate_wrapper(layer) else "forward"
             self._replace(layer, attribute, self._make_layer_forward(getattr(layer, attribute), layer, index))
         self._hook_handles.append(
             self.multimodal_model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
@@ -338,13 +339,13 @@ class FrameFusionRuntime:
         self._hook_handles.append(
             self.multimodal_model.register_forward_hook(self._after_forward, with_kwargs=True, always_call=True)
         )
-        original_video_features = getattr(self.multimodal_model, "get_video_features", None)
+        original_video_features = getattr(self.multimodal_model, compat.VIDEO_FEATURES_METHOD, None)
         if original_video_features is not None:
-            self._replace(self.multimodal_model, "get_video_features",
+            self._replace(self.multimodal_model, compat.VIDEO_FEATURES_METHOD,
                           self._capture_video_grid(original_video_features))
-        original_deepstack = getattr(self.language_model, "_deepstack_process", None)
+        original_deepstack = getattr(self.language_model, compat.DEEPSTACK_METHOD, None)
         if original_deepstack is not None:
-            self._replace(self.language_model, "_deepstack_process",
+            self._replace(self.language_model, compat.DEEPSTACK_METHOD,
                           self._deepstack_for_present_tokens(original_deepstack))
 
     def _replace(self, module: nn.Module, attribute: str, replacement: Callable) -> None:
@@ -355,7 +356,7 @@ class FrameFusionRuntime:
     @property
     def has_deepstack(self) -> bool:
         """Whether the text model adds visual features to the first layers' outputs (Qwen3-VL's DeepStack)."""
-        return hasattr(type(self.language_model), "_deepstack_process")
+        return hasattr(type(self.language_model), compat.DEEPSTACK_METHOD)
 
     def _deepstack_for_present_tokens(self, original: Callable) -> Callable:
         """DeepStack adds one visual row per visual position; after a reduction, add to each token still present
@@ -401,13 +402,12 @@ class FrameFusionRuntime:
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._prefill = None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
-        if cache is not None and cache.get_seq_length() > 0:
-            return  # a decoding step (or a continuation): never reduced
+        if compat.is_continuation(kwargs):
+            return  # a decoding step (or a continuation of a conversation): never reduced
         if isinstance(kwargs.get("video_grid_thw"), torch.Tensor):
             self._last_video_grid = kwargs["video_grid_thw"]
         if input_ids is None:
-            if kwargs.get("pixel_values_videos") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("video"):
+            if kwargs.get("pixel_values_videos") is not None or compat.has_encoder_outputs(kwargs, "video"):
                 raise ValueError("FrameFusion needs input_ids to find the video tokens; pass input_ids, not inputs_embeds")
             return
         layouts = [
@@ -440,28 +440,29 @@ class FrameFusionRuntime:
     def _make_layer_forward(self, original_forward: Callable, layer: nn.Module, index: int) -> Callable:
         runtime = self
 
+        # The cache travels in kwargs under whatever name the installed transformers gives it (see transformers_compat):
+        # passed on untouched, so we never hand a layer a deprecated keyword.
         def forward(hidden_states: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,
-                    past_key_values: Any = None, use_cache: bool | None = False,
                     position_embeddings: Any = None, **kwargs: Any) -> torch.Tensor:
             state = runtime._prefill
             if state is None:
-                attention_mask = _cut_mask_to_cache(attention_mask, past_key_values, index, hidden_states.shape[1])
+                attention_mask = _cut_mask_to_cache(
+                    attention_mask, compat.cache_from_kwargs(kwargs), index, hidden_states.shape[1]
+                )
                 return original_forward(
                     hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=past_key_values, use_cache=use_cache,
                     position_embeddings=position_embeddings, **kwargs,
                 )
             return runtime._reducing_layer_forward(
-                layer, index, state, hidden_states, attention_mask, position_ids, past_key_values, use_cache,
-                position_embeddings, kwargs,
+                layer, index, state, hidden_states, attention_mask, position_ids, position_embeddings, kwargs,
             )
 
         return forward
 
     def _reducing_layer_forward(self, layer: nn.Module, index: int, state: PrefillReduction,
                                 hidden_states: torch.Tensor, attention_mask: Any, position_ids: Any,
-                                past_key_values: Any, use_cache: bool | None, position_embeddings: Any,
-                                kwargs: dict) -> torch.Tensor:
+                                position_embeddings: Any, kwargs: dict) -> torch.Tensor:
+        """The decoder layer with FrameFusion's steps; kwargs: the rest of the layer's arguments (cache, use_cache)."""
         clock = _Stopwatch(state.measure, hidden_states.device)
         if index == 0 and not state.merging_finished:
             with clock:
@@ -479,8 +480,7 @@ class FrameFusionRuntime:
         try:
             hidden_states, _ = layer.self_attn(
                 hidden_states=hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, use_cache=use_cache, position_embeddings=position_embeddings,
-                **kwargs,
+                position_embeddings=position_embeddings, **kwargs,
             )
         finally:
             if capture is not None:
@@ -514,7 +514,7 @@ def _cut_mask_to_cache(mask: Any, cache: Any, layer_index: int, query_length: in
     """
     if not isinstance(mask, torch.Tensor) or cache is None:
         return mask
-    key_length = cache.get_seq_length(layer_index) + query_length
+    key_length = compat.cached_length(cache, layer_index) + query_length
     if mask.shape[-1] > key_length:
         return mask[..., -key_length:]
     return mask

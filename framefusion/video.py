@@ -140,7 +140,8 @@ class VideoClip:
     def video_metadata(self) -> Any:
         """transformers' `VideoMetadata` for these frames as an already sampled video.
 
-        Pass it with `videos=[clip.frames], video_metadata=[clip.video_metadata()], do_sample_frames=False`:
+        Pass it with `videos=processor_videos(clip.frames)` (transformers_compat), `video_metadata=[clip.video_metadata()]`
+        and `do_sample_frames=False`:
         frames_indices 0..T-1 at fps = sampled_fps, so processors neither resample the frames nor mis-time
         them (Qwen2.5-VL: second_per_grid_ts = temporal_patch_size / sampled_fps).
         """

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from framefusion.transformers_compat import processor_videos
 from framefusion import apply_framefusion, core, remove_framefusion
 from framefusion.adapters import adapter_for
 from framefusion.errors import InputError
@@ -40,7 +41,7 @@ def processor_inputs(processor, content=({"type": "video"},), with_video=True) -
     if not with_video:
         return dict(processor(text=[prompt], return_tensors="pt"))
     metadata = {"fps": 4.0, "total_num_frames": FRAMES, "frames_indices": list(range(FRAMES))}
-    return dict(processor(text=[prompt], videos=[sliding_square_frames()], video_metadata=[metadata],
+    return dict(processor(text=[prompt], videos=processor_videos(sliding_square_frames()), video_metadata=[metadata],
                           do_sample_frames=False, return_tensors="pt"))
 
 

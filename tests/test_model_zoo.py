@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from framefusion.transformers_compat import processor_videos
 from framefusion.errors import InputError, ModelLoadError
 from framefusion.model_zoo import (
     TINY_FAMILIES,
@@ -85,7 +86,7 @@ def video_inputs(processor, frames: np.ndarray, fps: float = 4.0):
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     metadata = {"fps": fps, "total_num_frames": len(frames), "frames_indices": list(range(len(frames)))}
-    return processor(text=[prompt], videos=[frames], video_metadata=[metadata], return_tensors="pt")
+    return processor(text=[prompt], videos=processor_videos(frames), video_metadata=[metadata], return_tensors="pt")
 
 
 @pytest.fixture(scope="module")

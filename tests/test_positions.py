@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from framefusion.errors import InputError
+from framefusion.transformers_compat import cache_kwargs, output_cache
 from framefusion.positions import remove_reference_positions, restore_reference_positions
 
 VOCAB = 128
@@ -400,7 +401,7 @@ def test_forward_decode_through_rope_deltas_matches_recomputation(family_and_mod
         prefill = model(**inputs, use_cache=True)
         assert torch.equal(model.model.rope_deltas, want_deltas)
         next_token = prefill.logits[:, -1].argmax(-1, keepdim=True)
-        step = model(input_ids=next_token, past_key_values=prefill.past_key_values, use_cache=True)
+        step = model(input_ids=next_token, **cache_kwargs(output_cache(prefill)), use_cache=True)
 
     recomputed = recompute_last_logits(model, prompt, family, next_token)
     torch.testing.assert_close(step.logits[:, -1], recomputed, atol=1e-5, rtol=0)

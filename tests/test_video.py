@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import framefusion.video as video_module
+from framefusion.transformers_compat import processor_videos
 from framefusion.errors import InputError, VideoError
 from framefusion.synthetic_video import SKY_FRACTION, render_synthetic_frames, write_synthetic_video
 from framefusion.video import (
@@ -322,7 +323,7 @@ def test_qwen2_5_vl_processor_times_the_frames_by_the_sampled_fps(good):
     clip = read_video(good["long"], num_frames=6, start=2.0, end=5.0)  # 2 sampled frames per second
     inputs = processor(
         text=[PROMPT],
-        videos=[clip.frames],
+        videos=processor_videos(clip.frames),
         video_metadata=[clip.video_metadata()],
         do_sample_frames=False,
         return_tensors="pt",
@@ -342,7 +343,7 @@ def test_qwen3_vl_processor_stamps_frames_with_the_sampled_fps(good):
     clip = read_video(good["long"], num_frames=4, start=4.0, end=8.0)  # 1 sampled frame per second
     inputs = processor(
         text=[PROMPT],
-        videos=[clip.frames],
+        videos=processor_videos(clip.frames),
         video_metadata=[clip.video_metadata()],
         do_sample_frames=False,
         return_tensors="pt",

@@ -1,0 +1,132 @@
+"""Every private transformers convention framefusion relies on, in one place.
+
+transformers changes its internals every few weeks (5.24 renamed the cache argument `past_key_values` to `cache`).
+Code elsewhere in framefusion asks this module instead of spelling a keyword or a private name itself, and
+tests/test_transformers_compat.py checks each convention against the installed release, so the next rename fails
+one named test instead of silently corrupting token reports.
+
+Tested range: TESTED_TRANSFORMERS (the lowest declared in pyproject.toml and the newest installable release).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+import torch
+
+# The first release with `mm_encoder_outputs` (pre-encoded vision features passed to forward/generate) and the newest
+# one CI installed. Keep in step with pyproject.toml and the README.
+LOWEST_TRANSFORMERS = "5.18.0"
+NEWEST_TESTED_TRANSFORMERS = "5.24.0"
+TESTED_TRANSFORMERS = f">={LOWEST_TRANSFORMERS},<6"
+
+# Keyword under which generate() and the model forward accept vision features computed beforehand, by modality.
+ENCODER_OUTPUTS_KEYWORD = "mm_encoder_outputs"
+# Methods and attributes of model instances that framefusion replaces or reads (each checked by a test):
+# the vision encoder call generate() makes before the first forward (the runtime learns the video grid from it),
+ROPE_INDEX_METHOD = "get_rope_index"  # Qwen2-VL-style 3D rotary positions, computed at prefill from the grids
+ROPE_DELTAS_ATTRIBUTE = "rope_deltas"  # ... and the offset they leave for decoding, cached on the inner model
+VIDEO_FEATURES_METHOD = "get_video_features"
+DEEPSTACK_METHOD = "_deepstack_process"  # Qwen3-VL's text model adding visual features to early layers' outputs
+# Keyword names the KV cache has had, newest first.
+_CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword() -> str:
+    # Decoder layers and model forwards take the cache under the same name; Llama's layer is the template every
+    # family copies. inspect.signature follows deprecate_kwarg's functools.wraps to the real parameters.
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    parameters = inspect.signature(LlamaDecoderLayer.forward).parameters
+    return next((name for name in _CACHE_KEYWORDS if name in parameters), _CACHE_KEYWORDS[-1])
+
+
+def cache_keyword() -> str:
+    """The name the installed transformers gives the KV cache argument of forwards and generate()."""
+    return _cache_keyword()
+
+
+def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
+    """The KV cache among a forward's keyword arguments, whatever its keyword; None when there is none."""
+    for name in _CACHE_KEYWORDS:
+        cache = kwargs.get(name)
+        if cache is not None:
+            return cache
+    return None
+
+
+def cache_kwargs(cache: Any) -> dict[str, Any]:
+    """Keyword arguments that hand `cache` to a forward or generate() under the installed release's name."""
+    return {cache_keyword(): cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward or generate() returned (`output.cache` since 5.24, `past_key_values` before)."""
+    for name in _CACHE_KEYWORDS:
+        # Read the dataclass fields directly: 5.24's `past_key_values` property logs a deprecation.
+        fields = getattr(output, "__dataclass_fields__", None)
+        if fields is not None and name not in fields:
+            continue
+        cache = getattr(output, name, None) if fields is not None else None
+        if cache is None and isinstance(output, dict):
+            cache = output.get(name)
+        if cache is not None:
+            return cache
+    return None
+
+
+def cached_length(cache: Any, layer_index: int = 0) -> int:
+    """Tokens held by one layer of the cache. Layers may differ: FrameFusion keeps fewer tokens in later layers."""
+    if cache is None:
+        return 0
+    return int(cache.get_seq_length(layer_index))
+
+
+def is_continuation(kwargs: dict[str, Any]) -> bool:
+    """Whether a forward continues from a filled cache (a decoding step or a follow-up turn) rather than a prefill.
+
+    Decided from the cache's own length (layer 0), not from `cache_position`, which generate() stopped passing in 5.18.
+    """
+    return cached_length(cache_from_kwargs(kwargs)) > 0
+
+
+def encoder_outputs_kwargs(modality: str, features: Any) -> dict[str, Any]:
+    """Keyword arguments that give generate()/forward vision features computed beforehand (skips the encoder)."""
+    return {ENCODER_OUTPUTS_KEYWORD: {modality: features}}
+
+
+def has_encoder_outputs(kwargs: dict[str, Any], modality: str) -> bool:
+    return bool((kwargs.get(ENCODER_OUTPUTS_KEYWORD) or {}).get(modality))
+
+
+def attention_implementation(config: Any) -> str | None:
+    """The attention backend a model runs (`config._attn_implementation`: sdpa, eager, flash_attention_2, ...)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def keeps_accelerate_wrapper(module: torch.nn.Module) -> bool:
+    """Whether accelerate (device_map) wrapped this module's forward: it keeps the real one in `_old_forward`."""
+    return hasattr(module, "_hf_hook") and "_old_forward" in module.__dict__
+
+
+def accepted_keywords(function: Callable) -> set[str]:
+    """The keyword names a transformers function takes (generate() picks encoder arguments the same way)."""
+    return set(inspect.signature(function).parameters)
+
+
+def installed_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def processor_videos(frames: Any) -> list[list[Any]]:
+    """One prompt's video as processors take it: a list of videos per prompt.
+
+    Every family's processor accepts the nested form on every tested release; the flat `[frames]` is read as one
+    video per frame by SmolVLM's processor on 5.18.
+    """
+    return [[frames]]

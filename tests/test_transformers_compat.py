@@ -1,0 +1,134 @@
+"""Each private transformers convention framefusion relies on, checked against the installed release.
+
+When one of these fails after a transformers upgrade, fix framefusion/transformers_compat.py (and only it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+import transformers
+from framefusion import transformers_compat as compat
+import tiny_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_installed_release_is_inside_the_declared_and_tested_range():
+    declared = next(requirement for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"] if requirement.startswith("transformers"))
+    assert SpecifierSet(declared.removeprefix("transformers")) == SpecifierSet(compat.TESTED_TRANSFORMERS)
+    assert Version(transformers.__version__) in SpecifierSet(compat.TESTED_TRANSFORMERS)
+    assert compat.LOWEST_TRANSFORMERS in (ROOT / "README.md").read_text()
+
+
+def test_the_cache_keyword_is_what_decoder_layers_and_generate_take():
+    from transformers import GenerationMixin
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    keyword = compat.cache_keyword()
+    for function in (modeling_qwen2_vl.Qwen2VLDecoderLayer.forward, modeling_qwen2_vl.Qwen2VLTextModel.forward,
+                     modeling_qwen2_vl.Qwen2VLForConditionalGeneration.forward):
+        assert keyword in inspect.signature(function).parameters, function.__qualname__
+    # generate() takes the cache through **kwargs (and forwards it to the model under the same name).
+    assert "kwargs" in inspect.signature(GenerationMixin.generate).parameters
+
+
+def test_the_cache_is_found_under_either_keyword_and_read_back_from_outputs():
+    cache = object()
+    assert compat.cache_from_kwargs({"cache": cache}) is cache
+    assert compat.cache_from_kwargs({"past_key_values": cache, "cache": None}) is cache
+    assert compat.cache_from_kwargs({"use_cache": True}) is None
+    assert compat.cache_kwargs(cache) == {compat.cache_keyword(): cache}
+
+    model = tiny_models.qwen2_vl()
+    inputs = tiny_models.qwen_video_inputs([(2, 4, 4)])
+    with torch.no_grad():
+        output = model(**inputs, use_cache=True)
+    returned = compat.output_cache(output)
+    assert returned is not None and compat.cached_length(returned) == inputs["input_ids"].shape[1]
+    # A continuation is recognised from the cache itself, whatever the keyword.
+    assert compat.is_continuation(compat.cache_kwargs(returned))
+    assert not compat.is_continuation({})
+
+
+def test_generate_passes_a_filled_cache_to_decoding_steps_and_an_empty_one_to_the_prefill():
+    # The runtime tells prefill from decoding by the length of the cache it finds in the forward's kwargs.
+    model = tiny_models.qwen2_vl()
+    inputs = tiny_models.qwen_video_inputs([(2, 4, 4)])
+    seen: list[bool] = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(compat.is_continuation(kwargs)), with_kwargs=True)
+    try:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        handle.remove()
+    assert seen == [False, True, True]
+
+
+def test_pre_encoded_vision_features_are_accepted_by_generate():
+    from transformers.generation import utils as generation_utils
+
+    assert compat.ENCODER_OUTPUTS_KEYWORD in inspect.getsource(generation_utils)
+    model = tiny_models.qwen2_vl()
+    inputs = tiny_models.qwen_video_inputs([(2, 4, 4)])
+    features = model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                        video_grid_thw=inputs["video_grid_thw"], return_dict=True)
+    without_pixels = {key: value for key, value in inputs.items() if key != "pixel_values_videos"}
+    with torch.no_grad():
+        direct = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        pre_encoded = model.generate(**without_pixels, **compat.encoder_outputs_kwargs("video", features),
+                                     max_new_tokens=3, do_sample=False)
+    assert torch.equal(direct, pre_encoded)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_attention_backend_is_read_from_the_config(attn):
+    assert compat.attention_implementation(tiny_models.qwen2_vl(attn=attn).config) == attn
+
+
+def test_accelerate_wrappers_are_recognised_by_their_attributes():
+    layer = torch.nn.Linear(2, 2)
+    assert not compat.keeps_accelerate_wrapper(layer)
+    layer._hf_hook = object()
+    layer._old_forward = layer.forward
+    assert compat.keeps_accelerate_wrapper(layer)
+
+
+def test_every_family_processor_takes_one_list_of_videos_per_prompt():
+    from framefusion.model_zoo import load_model
+    from framefusion.adapters import supported_families
+
+    frames = torch.randint(0, 255, (4, 56, 56, 3), dtype=torch.uint8).numpy()
+    metadata = {"fps": 2.0, "total_num_frames": 4, "frames_indices": list(range(4))}
+    for family in supported_families():
+        processor = load_model(f"random:tiny-{family}", dtype=torch.float32, device="cpu").processor
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what?"}]}]
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[prompt], videos=compat.processor_videos(frames), video_metadata=[metadata],
+                           do_sample_frames=False, return_tensors="pt")
+        assert inputs["input_ids"].shape[0] == 1, family
+
+
+def test_the_instance_methods_we_replace_exist_where_we_replace_them():
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLTextModel
+
+    rope_index = inspect.signature(getattr(Qwen2VLModel, compat.ROPE_INDEX_METHOD)).parameters
+    assert {"input_ids", "mm_token_type_ids", "video_grid_thw", "attention_mask"} <= set(rope_index)
+    model = tiny_models.qwen2_vl()
+    inputs = tiny_models.qwen_video_inputs([(2, 4, 4)])
+    with torch.no_grad():
+        model(**inputs)
+    assert getattr(model.model, compat.ROPE_DELTAS_ATTRIBUTE) is not None  # cached by the prefill for decoding
+    for model_class in (Qwen2VLModel, Qwen3VLModel):
+        assert "video_grid_thw" in inspect.signature(getattr(model_class, compat.VIDEO_FEATURES_METHOD)).parameters
+    deepstack = inspect.signature(getattr(Qwen3VLTextModel, compat.DEEPSTACK_METHOD)).parameters
+    assert list(deepstack)[1:] == ["hidden_states", "visual_pos_masks", "visual_embeds"]
