@@ -42,7 +42,8 @@ def run_guarded(debug: bool, work: Callable[[], Any]) -> Any:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         if debug:
             stderr.print_exception()
-        message = " ".join(str(error).split()) or type(error).__name__
+        text = error.describe(opt.flag_for_setting) if isinstance(error, FrameFusionError) else str(error)
+        message = " ".join(text.split()) or type(error).__name__
         code = EXIT_USAGE if isinstance(error, InputError) else EXIT_FAILED
         if not isinstance(error, FrameFusionError):
             message = f"{type(error).__name__}: {message}" + ("" if debug else " (run with --debug for the traceback)")

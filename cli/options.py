@@ -9,6 +9,15 @@ import typer
 
 DEFAULT_MODEL = "qwen2-vl-2b"
 
+# Library errors name settings by their Python parameter names; these are the flags that set them where the flag
+# is not simply --<name with dashes>.
+_FLAGS_BY_SETTING = {"attn_implementation": "--attn", "json_output": "--json", "model_spec": "--model"}
+
+
+def flag_for_setting(setting: str) -> str:
+    """The command-line flag for a library setting name (errors.FrameFusionError.describe words errors with it)."""
+    return _FLAGS_BY_SETTING.get(setting, "--" + setting.replace("_", "-"))
+
 ModelOption = Annotated[str, typer.Option(
     "--model", "-m",
     help="Hub id, local folder, alias (see `framefusion models`), or random:tiny-<family> / random:<shape> "

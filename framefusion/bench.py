@@ -284,16 +284,16 @@ class _MemoryMeter:
 def check_bench_arguments(profile_names: Sequence[str], repeat: int, warmup: int, max_new_tokens: int) -> None:
     """Everything about the settings that can be checked before a model is loaded."""
     if not profile_names:
-        raise InputError("no profiles to compare: pass e.g. --profiles baseline,framefusion")
+        raise InputError("no profiles to compare: name at least one, e.g. baseline,framefusion", setting="profiles")
     duplicates = sorted({name for name in profile_names if list(profile_names).count(name) > 1})
     if duplicates:
         raise InputError(f"profile {duplicates[0]!r} is listed twice: name each profile once")
     if repeat < 1:
-        raise InputError(f"--repeat must be at least 1, got {repeat}")
+        raise InputError("must be at least 1", setting="repeat", value=repeat)
     if warmup < 0:
-        raise InputError(f"--warmup must be 0 or more, got {warmup}")
+        raise InputError("must be 0 or more", setting="warmup", value=warmup)
     if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise InputError("must be at least 1", setting="max_new_tokens", value=max_new_tokens)
 
 
 def parse_profile_list(text: str) -> list[str]:
@@ -386,16 +386,18 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as error:
-        raise InputError("--plot needs matplotlib: pip install 'framefusion[plot]' (or leave out --plot)") from error
+        raise InputError("a plot needs matplotlib: pip install 'framefusion[plot]' (or leave the plot out)",
+                         setting="plot") from error
 
 
 def check_plot_path(path: str | Path) -> Path:
     """A writable .png path, checked before any model is loaded."""
     target = Path(path)
     if target.suffix.lower() != ".png":
-        raise InputError(f"--plot writes a PNG: name the file with .png, not {target.name!r}")
+        raise InputError("the plot is a PNG: name the file with .png", setting="plot", value=str(target))
     if not target.parent.exists():
-        raise InputError(f"--plot: the folder {target.parent} does not exist; create it or choose another path")
+        raise InputError(f"the folder {target.parent} does not exist; create it or choose another path",
+                         setting="plot", value=str(target))
     require_matplotlib()
     return target
 

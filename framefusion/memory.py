@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from framefusion.errors import FrameFusionError, InputError
+from framefusion.errors import OutOfMemory, Suggestion, WillNotFit
 
 if TYPE_CHECKING:
     import torch
@@ -302,12 +302,15 @@ def _hub_folder(repo_id: str, revision: str | None) -> Path | None:
     """A local folder with the hub model's small JSON files (downloaded or from the cache); None when unreachable."""
     from huggingface_hub import hf_hub_download
 
-    config = hf_hub_download(repo_id, "config.json", revision=revision)
-    for name in ("model.safetensors.index.json", "video_preprocessor_config.json", "preprocessor_config.json"):
-        try:
-            hf_hub_download(repo_id, name, revision=revision)
-        except Exception:  # noqa: BLE001 - optional files: absent in many repositories
-            pass
+    from framefusion.model_zoo.hub import hub_access
+
+    with hub_access():  # from the local cache at once when the hub does not answer a quick probe
+        config = hf_hub_download(repo_id, "config.json", revision=revision)
+        for name in ("model.safetensors.index.json", "video_preprocessor_config.json", "preprocessor_config.json"):
+            try:
+                hf_hub_download(repo_id, name, revision=revision)
+            except Exception:  # noqa: BLE001 - optional files: absent in many repositories
+                pass
     return Path(config).parent
 
 
@@ -357,7 +360,7 @@ def available_memory_bytes(device: torch.device) -> int | None:
 def check_memory_fits(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device, frames: int | None,
                       frame_size: tuple[int, int] | None = None, attn_implementation: str = "sdpa",
                       revision: str | None = None) -> MemoryEstimate | None:
-    """Refuse (InputError with the estimate and what to change) a model run that cannot fit on `device`.
+    """Refuse (WillNotFit, with the estimate and what to change) a model run that cannot fit on `device`.
 
     frames None: only the weights are counted (the caller does not know the frames yet). Returns the estimate,
     or None when it cannot be made or the device does not report its free memory.
@@ -371,29 +374,31 @@ def check_memory_fits(spec: ModelSpec, *, dtype: torch.dtype, device: torch.devi
     available = available_memory_bytes(device)
     if available is None or estimate.total <= available:
         return estimate
-    hints = _hints(numbers, estimate, available, dtype.itemsize, attn_implementation, device)
-    raise InputError(
-        f"{spec.name} needs {estimate.summary()} but {device} has {_gb(available)} free: {hints}"
+    raise WillNotFit(
+        f"{spec.name} needs {estimate.summary()} but {device} has {_gb(available)} free",
+        suggestions=_ways_to_fit(numbers, estimate, available, dtype.itemsize, attn_implementation, device),
     )
 
 
-def _hints(numbers: ModelNumbers, estimate: MemoryEstimate, available: int, dtype_bytes: int,
-           attn_implementation: str, device: torch.device) -> str:
+def _ways_to_fit(numbers: ModelNumbers, estimate: MemoryEstimate, available: int, dtype_bytes: int,
+                 attn_implementation: str, device: torch.device) -> list[Suggestion]:
     """What would make it fit: fewer frames, a 2-byte dtype, another device. Each is checked with the estimate."""
-    hints = []
+    suggestions = []
     frames_that_fit = _most_frames_that_fit(numbers, available, dtype_bytes, attn_implementation,
                                             upper=estimate.frames)
     if frames_that_fit:
-        hints.append(f"sample fewer frames (--frames {frames_that_fit} fits)")
+        suggestions.append(Suggestion("sample fewer frames", setting="frames", value=frames_that_fit, reason="fits"))
     if dtype_bytes > 2:
         half = estimate_memory(numbers, frames=estimate.frames, dtype_bytes=2, dtype_name="bfloat16",
                                attn_implementation=attn_implementation)
         if half.total <= available:
-            hints.append(f"use --dtype bfloat16 (about {_gb(half.total)})")
+            suggestions.append(Suggestion("use a 2-byte dtype", setting="dtype", value="bfloat16",
+                                          reason=f"about {_gb(half.total)}"))
     if attn_implementation == "eager":
-        hints.append("use --attn sdpa")
-    hints.append("use a GPU with more free memory" if device.type == "cuda" else "use a GPU or a smaller model")
-    return "; or ".join(hints) + "."
+        suggestions.append(Suggestion("use the sdpa attention backend", setting="attn_implementation", value="sdpa"))
+    suggestions.append(Suggestion("use a GPU with more free memory" if device.type == "cuda"
+                                  else "use a GPU or a smaller model"))
+    return suggestions
 
 
 def _most_frames_that_fit(numbers: ModelNumbers, available: int, dtype_bytes: int, attn_implementation: str,
@@ -412,24 +417,24 @@ def _most_frames_that_fit(numbers: ModelNumbers, available: int, dtype_bytes: in
 
 
 def out_of_memory_error(error: BaseException, *, frames: int | None, dtype: torch.dtype | None,
-                        device: torch.device | None) -> FrameFusionError:
+                        device: torch.device | None) -> OutOfMemory:
     """The advice of a failed estimate, for an out-of-memory error raised while the model runs."""
     where = f" on {device}" if device is not None else ""
-    dtype_hint = " or --dtype bfloat16" if dtype is not None and dtype.itemsize > 2 else ""
-    frames_hint = f"fewer frames than {frames} (--frames)" if frames else "fewer frames (--frames)"
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    suggestions = [Suggestion(f"sample fewer frames than {frames}" if frames else "sample fewer frames",
+                              setting="frames")]
+    if dtype is not None and dtype.itemsize > 2:
+        suggestions.append(Suggestion("use a 2-byte dtype", setting="dtype", value="bfloat16"))
     on_gpu = device is not None and device.type == "cuda"
-    elsewhere = "close other programs using the GPU, or use a GPU with more memory" if on_gpu else (
-        "or use a machine with more memory")
-    return FrameFusionError(
-        f"out of memory{where} while the model ran ({first_line}): sample {frames_hint}{dtype_hint}, {elsewhere}."
-    )
+    suggestions.append(Suggestion("close other programs using the GPU, or use a GPU with more memory" if on_gpu
+                                  else "use a machine with more memory"))
+    return OutOfMemory(f"out of memory{where} while the model ran ({first_line})", suggestions=suggestions)
 
 
 @contextmanager
 def reporting_out_of_memory(*, frames: int | None = None, dtype: torch.dtype | None = None,
                             device: torch.device | None = None) -> Iterator[None]:
-    """Turn torch.OutOfMemoryError in the block into a one-line FrameFusionError, freeing the cached GPU memory
+    """Turn torch.OutOfMemoryError in the block into a one-line OutOfMemory error, freeing the cached GPU memory
     so that the next video (caption) gets a fair try."""
     import torch
 

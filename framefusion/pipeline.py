@@ -6,7 +6,6 @@ and every result is a plain object (`AskResult`) that renders to JSON with `to_d
 
 from __future__ import annotations
 
-import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -16,9 +15,9 @@ import torch
 from transformers.generation.streamers import TextStreamer
 
 from framefusion import transformers_compat as compat
-from framefusion.adapters import find_adapter, supported_families
+from framefusion.adapters import FamilyAdapter, find_adapter, supported_families
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
-from framefusion.errors import InputError
+from framefusion.errors import InputError, Suggestion
 from framefusion.memory import reporting_out_of_memory
 from framefusion.profiles import Profile
 from framefusion.runtime import FrameFusionStats
@@ -89,6 +88,8 @@ class AskResult:
     tokens: TokenReport
     timings: Timings
     new_tokens: int = 0
+    # The profile's method and settings as applied (a family-default S_th resolved to its value).
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +97,7 @@ class AskResult:
             "question": self.question,
             "model": self.model,
             "profile": self.profile,
+            "settings": dict(self.settings),
             "video": self.video,
             "tokens": self.tokens.to_dict(),
             "timings": self.timings.to_dict(),
@@ -105,10 +107,11 @@ class AskResult:
 
 @dataclass
 class PreparedVideo:
-    """A decoded clip and its vision features, shared by every question about it."""
+    """A decoded clip and its vision features (None: generate() encodes them each time), shared by its questions."""
 
     clip: VideoClip
     video_inputs: dict[str, torch.Tensor]
+    vision_modality: str
     vision_features: Any
     decode_seconds: float
     vision_seconds: float
@@ -136,20 +139,20 @@ class _ForwardClock:
 
     def __init__(self, module: torch.nn.Module, device: torch.device):
         self.device = device
+        self.starts: list[float] = []
         self.durations: list[float] = []
         self.ends: list[float] = []
-        self._start = 0.0
         self._handles = [module.register_forward_pre_hook(self._before),
                          module.register_forward_hook(self._after)]
 
     def _before(self, *args: Any) -> None:
         synchronize(self.device)
-        self._start = time.perf_counter()
+        self.starts.append(time.perf_counter())
 
     def _after(self, *args: Any) -> None:
         synchronize(self.device)
         end = time.perf_counter()
-        self.durations.append(end - self._start)
+        self.durations.append(end - self.starts[-1])
         self.ends.append(end)
 
     def close(self) -> None:
@@ -185,6 +188,8 @@ class VideoQA:
         # None for a model FrameFusion does not support: it still runs, unreduced, under the baseline profile.
         self.adapter = find_adapter(model)
         self.family = self.adapter.family if self.adapter else None
+        # A model without adapter encodes its video the default way.
+        self.video_encoding = self.adapter or FamilyAdapter()
         self.language_model = self.adapter.language_model(model) if self.adapter else model.get_decoder()
         if reference_positions:
             from framefusion.positions import restore_reference_positions
@@ -220,14 +225,9 @@ class VideoQA:
             video_inputs = {key: value for key, value in video_inputs.items()
                             if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         with timed(self.device) as vision, torch.inference_mode():
-            features = self._vision_features(video_inputs)
-        return PreparedVideo(clip, video_inputs, features, decode_seconds, vision[0], preprocess[0])
-
-    def _vision_features(self, video_inputs: dict[str, torch.Tensor]) -> Any:
-        encode = self.model.get_video_features
-        accepted = inspect.signature(encode).parameters
-        kwargs = {key: value for key, value in video_inputs.items() if key in accepted}
-        return encode(**kwargs, return_dict=True)
+            modality, features = self.video_encoding.encode_video(self.model, video_inputs)
+        vision_seconds = vision[0] if features is not None else 0.0
+        return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess[0])
 
     def _processor_inputs(self, clip: VideoClip, question: str, system: str | None) -> dict[str, torch.Tensor]:
         messages = []
@@ -256,12 +256,11 @@ class VideoQA:
             raise InputError("the question is empty: ask something about the video")
         with timed(self.device) as preprocess:
             inputs = self._processor_inputs(prepared.clip, question, system)
-        model_inputs = {key: value for key, value in inputs.items() if key not in prepared.video_inputs}
-        # The grid (Qwen) still travels with the prompt: rotary positions are computed from it.
-        for key in ("video_grid_thw", "second_per_grid_ts"):
-            if key in inputs:
-                model_inputs[key] = inputs[key]
-        model_inputs["mm_encoder_outputs"] = {"video": prepared.vision_features}
+        model_inputs = dict(inputs)  # without pre-encoded features, generate() encodes the pixels itself
+        if prepared.vision_features is not None:
+            for key in prepared.video_inputs.keys() - set(self.video_encoding.prompt_video_keys):
+                model_inputs.pop(key, None)
+            model_inputs.update(compat.encoder_outputs_kwargs(prepared.vision_modality, prepared.vision_features))
         handle = framefusion_handle(self.model)
         if handle is not None:
             # The features may predate this profile; generate() will not pass the grid on to the forward.
@@ -283,6 +282,7 @@ class VideoQA:
             frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device)
         try:
             with out_of_memory_advice, timed(self.device) as generate_all, torch.inference_mode():
+                generate_start = time.perf_counter()
                 output = self.model.generate(**model_inputs, **generation, pad_token_id=pad_token_id,
                                              streamer=streamer)
             generate_end = time.perf_counter()
@@ -294,23 +294,37 @@ class VideoQA:
 
         prefill_seconds = clock.durations[0] if clock.durations else generate_all[0]
         generate_seconds = generate_end - clock.ends[0] if clock.ends else 0.0
+        shared_vision = prepared.vision_seconds if include_shared_work else 0.0
+        # Without pre-encoded features, generate() ran the encoder for this answer before the language model's prefill.
+        encoded_here = prepared.vision_features is None and clock.starts
+        vision_in_generate = clock.starts[0] - generate_start if encoded_here else 0.0
         timings = Timings(
             decode_video=prepared.decode_seconds if include_shared_work else 0.0,
             preprocess=preprocess[0] + (prepared.preprocess_seconds if include_shared_work else 0.0),
-            vision=prepared.vision_seconds if include_shared_work else 0.0,
+            vision=shared_vision + vision_in_generate,
             prefill=prefill_seconds,
             generate=generate_seconds,
         )
-        timings.total = timings.decode_video + timings.preprocess + timings.vision + generate_all[0]
+        timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all[0]
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
+            settings=self._applied_settings(),
         )
+
+    def _applied_settings(self) -> dict[str, Any]:
+        settings = self.profile.settings()
+        handle = framefusion_handle(self.model)
+        if handle is not None and "similarity_lower_bound" in settings:
+            settings["similarity_lower_bound"] = handle.settings.similarity_lower_bound
+        return settings
 
     def _token_report(self, clip: VideoClip, input_ids: torch.Tensor) -> TokenReport:
         handle = framefusion_handle(self.model)
-        video_token_id = getattr(self.model.config, "video_token_id", None)
+        # The adapter knows which token a frame's patches are written with (image tokens where frames are images).
+        video_token_id = (self.adapter.video_token_id(self.model) if self.adapter
+                          else getattr(self.model.config, "video_token_id", None))
         visual = int((input_ids == video_token_id).sum()) if video_token_id is not None else 0
         prompt = int(input_ids.shape[1])
         if handle is None:
@@ -354,9 +368,10 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from error
+        raise InputError("unknown device: use auto, cpu, cuda, cuda:N or mps", setting="device", value=device) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but no CUDA GPU is available: use --device cpu")
+        raise InputError("no CUDA GPU is available", setting="device", value=device,
+                         suggestions=[Suggestion("run on the CPU", setting="device", value="cpu")])
     return resolved
 
 
@@ -368,16 +383,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         # bfloat16 matmuls are several times slower than float32 on most CPUs.
         return torch.float32 if device.type == "cpu" else torch.bfloat16
     if dtype not in _DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+        raise InputError(f"unknown dtype: use auto, {', '.join(_DTYPES)}", setting="dtype", value=dtype)
     return _DTYPES[dtype]
 
 
 def check_frame_count(family: str | None, frames: int | None) -> None:
     """Qwen-VL models pair frames into temporal patches: an odd count would repeat the last frame."""
     if frames is not None and frames < 1:
-        raise InputError(f"--frames must be at least 1, got {frames}")
+        raise InputError("must be at least 1", setting="frames", value=frames)
     if frames is not None and family in QWEN_FAMILIES and frames % 2:
-        raise InputError(f"{family} takes frames in pairs: use an even --frames (e.g. {frames + 1})")
+        raise InputError(f"{family} takes frames in pairs", setting="frames", value=frames,
+                         suggestions=[Suggestion("use an even count", setting="frames", value=frames + 1)])
 
 
 def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dtype: str = "auto",
@@ -404,7 +420,8 @@ def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dt
     if find_adapter(loaded.model) is None and profile.reduction_kwargs() is not None:
         raise InputError(
             f"{loaded.name} is a {type(loaded.model).__name__}, which FrameFusion does not support yet "
-            f"(supported families: {', '.join(supported_families())}); use --profile baseline to run it unreduced"
+            f"(supported families: {', '.join(supported_families())})",
+            suggestions=[Suggestion("run it unreduced", setting="profile", value="baseline")],
         )
     return VideoQA(loaded.model, loaded.processor, model_name=loaded.name, profile=profile,
                    reference_positions=reference_positions)

@@ -130,3 +130,14 @@ def processor_videos(frames: Any) -> list[list[Any]]:
     video per frame by SmolVLM's processor on 5.18.
     """
     return [[frames]]
+
+
+def vision_encoder(model: torch.nn.Module, modality: str) -> Callable | None:
+    """The encoder generate() runs for `modality` ("image" or "video") before the first forward, found as generate()
+    finds it (`_prepare_multimodal_encoder_kwargs_for_generation`: `base_model.get_<modality>_features` of a model that
+    declares the modality), or None when the model cannot take that modality's features pre-encoded."""
+    if modality not in getattr(model, "input_modalities", ()):
+        return None
+    if ENCODER_OUTPUTS_KEYWORD not in accepted_keywords(model.forward):
+        return None
+    return getattr(model.base_model, f"get_{modality}_features", None)

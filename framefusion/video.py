@@ -388,8 +388,15 @@ def _main_video_stream(container: Any) -> Any | None:
 
 def _first_frame(container: Any, stream: Any, path: str) -> Any:
     try:
-        for frame in container.decode(stream):
-            return frame
+        sent_data = False
+        for packet in container.demux(stream):
+            # The demuxer ends with an empty packet that flushes the decoder. PyAV before 16 crashes (segfault) when
+            # that flush is the first thing a decoder sees (a file cut inside its header): flush only after data.
+            if packet.size == 0 and not sent_data:
+                break
+            sent_data = sent_data or packet.size > 0
+            for frame in packet.decode():
+                return frame
     except (av.FFmpegError, OSError) as error:
         raise VideoError(f"{path}: the first frame cannot be decoded ({_short(error)}); {_REENCODE_HINT}.") from None
     raise VideoError(f"{path}: the video stream holds no decodable frame; {_REENCODE_HINT}.")
@@ -625,8 +632,9 @@ class _ForwardDecoder:
 
         Containers index decoding timestamps, a little earlier than presentation ones: close enough to decide.
         """
-        entries = self.stream.index_entries
-        if len(entries) == 0:
+        # PyAV exposes the index from 16 on; with older PyAV (lmms-eval pins av<16) decide by distance alone.
+        entries = getattr(self.stream, "index_entries", None)
+        if entries is None or len(entries) == 0:
             return None
         file_time = int((self.info.start_time + target) / self.stream.time_base)
         position = entries.search_timestamp(file_time, backward=True, any_frame=False)

@@ -9,6 +9,7 @@ tell exactly which source frame a sampler picked. Files are tiny and encode in m
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -92,6 +93,20 @@ def write_indexed_video(
     )
 
 
+ROTATED = Path(__file__).parent / "data" / "rotated"
+
+
+def rotated_copy(folder: str | os.PathLike, name: str) -> Path:
+    """A copy of a committed rotated clip (1 s of indexed 64x48 frames at 8 fps, a display-matrix rotation).
+
+    Made once by write_indexed_video(..., rotation=...) with PyAV 18: PyAV before 16 (which lmms-eval pins) cannot write
+    a display matrix, and reading rotated files must be tested with every supported PyAV.
+    """
+    target = Path(folder) / name
+    shutil.copyfile(ROTATED / name, target)
+    return target
+
+
 def good_videos(folder: str | os.PathLike) -> dict[str, Path]:
     """Valid videos that every reader must handle, by name. All but "synthetic" are indexed."""
     folder = Path(folder)
@@ -103,9 +118,9 @@ def good_videos(folder: str | os.PathLike) -> dict[str, Path]:
         "wide": write_indexed_video(folder, "wide.mp4", seconds=2.0, fps=12, width=160, height=90),
         "odd_size": write_indexed_video(folder, "odd_size.mp4", seconds=2.0, fps=8, width=33, height=21),
         "vfr": write_indexed_video(folder, "vfr.mp4", timestamps=VFR_TIMESTAMPS, fps=20),
-        "rotated_90": write_indexed_video(folder, "rotated_90.mp4", seconds=1.0, rotation=90),
-        "rotated_180": write_indexed_video(folder, "rotated_180.mp4", seconds=1.0, rotation=180),
-        "rotated_270": write_indexed_video(folder, "rotated_270.mp4", seconds=1.0, rotation=-90),
+        "rotated_90": rotated_copy(folder, "rotated_90.mp4"),
+        "rotated_180": rotated_copy(folder, "rotated_180.mp4"),
+        "rotated_270": rotated_copy(folder, "rotated_270.mp4"),
         "single_frame": write_indexed_video(folder, "single_frame.mp4", seconds=0.125, fps=8),
         "tiny_1x1": write_indexed_video(folder, "tiny_1x1.mp4", seconds=1.0, fps=4, width=1, height=1),
         "tiny_2x2": write_indexed_video(folder, "tiny_2x2.mp4", seconds=1.0, fps=4, width=2, height=2),
@@ -162,8 +177,8 @@ def hostile_videos(folder: str | os.PathLike) -> dict[str, Path]:
         "ten_bit": write_ten_bit_video(folder / "ten_bit.mp4"),
         "long_2h_16px": write_long_tiny_video(folder / "two_hours_16px.mp4"),
         "vfr": write_indexed_video(folder, "vfr.mp4", timestamps=VFR_TIMESTAMPS, fps=20),
-        "rotated_90": write_indexed_video(folder, "rotated_90.mp4", seconds=1.0, rotation=90),
-        "rotated_270": write_indexed_video(folder, "rotated_270.mp4", seconds=1.0, rotation=-90),
+        "rotated_90": rotated_copy(folder, "rotated_90.mp4"),
+        "rotated_270": rotated_copy(folder, "rotated_270.mp4"),
         "spaces_and_non_ascii_name": write_indexed_video(folder, UNUSUAL_NAME, seconds=1.0),
         # FFmpeg reads "concat:x" as its concat protocol unless the path is made absolute first.
         "protocol_like_name": write_indexed_video(folder, "concat:clip.mp4", seconds=1.0),
@@ -253,7 +268,7 @@ def write_audio_only(path: str | os.PathLike, *, seconds: float = 1.0, cover_art
             picture = container.add_stream("png")
             picture.width = picture.height = 16
             picture.pix_fmt = "rgb24"
-            picture.disposition = av.stream.Disposition.attached_pic
+            picture.disposition = av.stream.Disposition.attached_pic.value  # PyAV < 16 takes only the int
             packet = av.Packet(_png_bytes())
             packet.stream, packet.pts, packet.dts = picture, 0, 0
             container.mux(packet)

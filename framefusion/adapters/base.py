@@ -1,4 +1,4 @@
-"""What a model family adapter says: where the video tokens are and how a frame is laid out. Nothing else.
+"""What a model family adapter says: where the video tokens are, how a frame is laid out, how its video is encoded.
 
 The runtime (framefusion/runtime.py) does all the hooking; an adapter only answers questions about one family.
 """
@@ -6,9 +6,12 @@ The runtime (framefusion/runtime.py) does all the hooking; an adapter only answe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from framefusion import transformers_compat as compat
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,12 @@ class FamilyAdapter:
     trailing_tokens_per_video: int = 0
     # Whether text after a video gets wrong rotary positions on transformers 5.x (see framefusion/positions.py).
     needs_reference_positions: bool = False
+    # The modality a video's features travel under in generate(): families whose processor writes each frame as an
+    # image (pixel_values, no video encoder) are encoded and consumed as "image".
+    video_modality: str = "video"
+    # Video inputs that still travel with the prompt when the features are pre-encoded: rotary positions are
+    # computed from the grid (Qwen-VL families).
+    prompt_video_keys: tuple[str, ...] = ("video_grid_thw", "second_per_grid_ts")
 
     def matches(self, model: nn.Module) -> bool:
         return getattr(getattr(model, "config", None), "model_type", None) in self.model_types
@@ -52,6 +61,20 @@ class FamilyAdapter:
 
     def video_token_id(self, model: nn.Module) -> int:
         return int(model.config.video_token_id)
+
+    def encode_video(self, model: nn.Module, video_inputs: dict[str, Any]) -> tuple[str, Any | None]:
+        """Run the vision encoder once on the processor's video inputs (pixel values and grids, no text).
+
+        Returns (modality, features) for `compat.encoder_outputs_kwargs`; features is None when the model cannot take
+        pre-encoded features, and generate() then encodes the video from the pixel inputs itself.
+        """
+        encoder = compat.vision_encoder(model, self.video_modality)
+        if encoder is None:
+            return self.video_modality, None
+        accepted = compat.accepted_keywords(encoder)
+        return self.video_modality, encoder(
+            **{key: value for key, value in video_inputs.items() if key in accepted}, return_dict=True
+        )
 
     def tokens_per_frame(self, model: nn.Module, video_index: int, num_tokens: int, video: VideoInputs) -> int:
         """P: spatial positions per frame of the `video_index`-th video, which has `num_tokens` video tokens."""

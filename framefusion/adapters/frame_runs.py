@@ -59,6 +59,9 @@ class FramesAsImagesAdapter(FamilyAdapter):
     """
 
     min_frame_gap: int = 4
+    # The processor returns the frames as pixel_values and the model has no video encoder: generate() and the forward
+    # take them as images.
+    video_modality = "image"
 
     def video_token_id(self, model: nn.Module) -> int:
         # Every frame is expanded to image tokens; the <video> placeholder never reaches the model.
