@@ -9,6 +9,7 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from framefusion import __version__
@@ -47,7 +48,8 @@ def run_guarded(debug: bool, work: Callable[[], Any]) -> Any:
         code = EXIT_USAGE if isinstance(error, InputError) else EXIT_FAILED
         if not isinstance(error, FrameFusionError):
             message = f"{type(error).__name__}: {message}" + ("" if debug else " (run with --debug for the traceback)")
-        stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        # escape: a message may hold brackets (pip install 'framefusion[ray]') that are not rich markup.
+        stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
 
@@ -266,10 +268,12 @@ def _listing(title: str, items: Any) -> Table:
 
 
 def _register_commands() -> None:
-    from framefusion_cli import bench, caption
+    from framefusion_cli import bench, calibrate, caption, doctor
 
     caption.register(app)
     bench.register(app)
+    calibrate.register(app)
+    doctor.register(app)
 
 
 _register_commands()

@@ -478,6 +478,40 @@ def load_profiles(profiles_file: Path | None = None) -> dict[str, Profile]:
     return profiles
 
 
+_SAVED_FILE_HEADER = "# framefusion reduction profiles (schema: docs/profiles.md)\n"
+
+
+def save_profile(name: str, settings: dict, profiles_file: Path | None = None) -> tuple[Path, bool]:
+    """Add one profile to a profiles file, or replace the profile of that name; create the file if missing.
+
+    settings: the profile's keys as a file spells them (description, method, cost, ...). profiles_file: default the
+    per-user file (`user_profiles_file()`). The file is checked before (strictly, as `read_profiles_file`) and the new
+    document after, so nothing invalid is ever written; it is rewritten with `yaml.safe_dump` and replaced atomically:
+    every profile stays, comments do not. Returns (the file written, whether a profile of that name was replaced).
+    """
+    target = Path(profiles_file) if profiles_file is not None else user_profiles_file()
+    if target is None:
+        raise ProfileError("no home directory is known to hold the per-user profiles file; name a file to write")
+    source = str(target)
+    document: dict = {"profiles": {}}
+    if _may_exist(target):
+        read_profiles_file(target)  # strict: a file we could not read back is never rewritten
+        document = yaml.safe_load(target.read_text(encoding="utf-8-sig"))
+    valid_name = _validate_name(name, source, None)
+    replaced = valid_name in document["profiles"]
+    document["profiles"][valid_name] = dict(settings)
+    parse_profiles(document, source)
+    text = _SAVED_FILE_HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=120)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as bad:
+        raise _error(source, f"cannot be written: {bad.strerror or bad}") from None
+    return target, replaced
+
+
 def get_profile(name: str, profiles_file: Path | None = None) -> Profile:
     """The profile called `name` (see `load_profiles` for where profiles come from)."""
     profiles = load_profiles(profiles_file)

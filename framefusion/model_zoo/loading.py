@@ -1,9 +1,9 @@
 """Load any model spec into a (model, processor) pair: the one place that calls from_pretrained.
 
-Hub models follow Hugging Face conventions (HF cache, HF_HUB_OFFLINE, `hf auth login`); failures become
-one-line ModelLoadErrors that say what to do. Tiny random checkpoints are built once into the
-framefusion cache (FRAMEFUSION_CACHE, else $XDG_CACHE_HOME/framefusion, else ~/.cache/framefusion) and
-reused; real-shape random models are built in memory.
+Hub models follow Hugging Face conventions (HF cache, HF_HUB_OFFLINE, `hf auth login`); a hub that does not
+answer a quick probe means the local cache only (hub.py); failures become one-line ModelLoadErrors that say
+what to do. Tiny random checkpoints are built once into the framefusion cache (FRAMEFUSION_CACHE, else
+$XDG_CACHE_HOME/framefusion, else ~/.cache/framefusion) and reused; real-shape random models are built in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from framefusion.errors import InputError, ModelLoadError
 from framefusion.model_zoo.building import DEFAULT_TINY_LAYERS, build_tiny_checkpoint
+from framefusion.model_zoo.hub import HubStatus, hub_access, hub_offline
 from framefusion.model_zoo.shapes import build_random_model
 from framefusion.model_zoo.specs import ModelSpec, SpecKind, parse_model_spec
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, ProcessorMixin
 
-TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 OFFLINE_HINT = "connect to the internet, or use a local model directory, or a random:tiny-* model"
 
 
@@ -70,17 +71,18 @@ def load_model(
         options["revision"] = revision
     if trust_remote_code:
         options["trust_remote_code"] = True
-    if spec.kind is SpecKind.HUB and hub_offline():
-        # Also honoured when HF_HUB_OFFLINE is set after huggingface_hub was imported (it reads it once).
-        options["local_files_only"] = True
+    hub: HubStatus | None = None
     try:
-        model, processor = _from_pretrained(
-            source, dtype=dtype, device=device, attn_implementation=attn_implementation, **options
-        )
+        with hub_access() if spec.kind is SpecKind.HUB else nullcontext() as hub:
+            if hub is not None and not hub.online:
+                options["local_files_only"] = True
+            model, processor = _from_pretrained(
+                source, dtype=dtype, device=device, attn_implementation=attn_implementation, **options
+            )
     except (InputError, ModelLoadError):
         raise
     except Exception as error:
-        raise ModelLoadError(explain_load_failure(error, spec, revision)) from error
+        raise ModelLoadError(explain_load_failure(error, spec, revision, hub=hub)) from error
     return LoadedModel(model=model, processor=processor, spec=spec, name=spec.name)
 
 
@@ -154,18 +156,12 @@ def ensure_tiny_checkpoint(family: str) -> str:
     return str(final)
 
 
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set now or was when huggingface_hub loaded."""
-    from_env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    if from_env.upper() in TRUE_VALUES:
-        return True
-    from huggingface_hub import constants
+def explain_load_failure(
+    error: BaseException, spec: ModelSpec, revision: str | None, *, hub: HubStatus | None = None
+) -> str:
+    """One line saying why `spec` could not be loaded and what to do, from the error and its causes.
 
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def explain_load_failure(error: BaseException, spec: ModelSpec, revision: str | None) -> str:
-    """One line saying why `spec` could not be loaded and what to do, from the error and its causes."""
+    hub: what the probe before loading found, to say why the local cache was the only source."""
     from huggingface_hub import errors as hub_errors
 
     chain = _cause_chain(error)
@@ -186,7 +182,10 @@ def explain_load_failure(error: BaseException, spec: ModelSpec, revision: str | 
         )
     if has(hub_errors.OfflineModeIsEnabled) or has(hub_errors.LocalEntryNotFoundError) or has(ConnectionError):
         if spec.kind is SpecKind.HUB:
-            where = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
+            if hub is not None and not hub.online:
+                where = hub.reason
+            else:
+                where = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
             return f"{name} is not in the local Hugging Face cache and {where}: {OFFLINE_HINT}"
         return f"{name} is missing model files: {_first_line(error)}"
     if isinstance(error, (ValueError, KeyError)) and "Unrecognized" in str(error):

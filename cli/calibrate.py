@@ -1,0 +1,188 @@
+"""`framefusion calibrate VIDEO...`: parses options, runs `framefusion.calibrate.calibrate`, renders the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from framefusion.errors import InputError
+from framefusion_cli import options as opt
+
+SaveProfileOption = Annotated[Optional[str], typer.Option(
+    "--save-profile",
+    help="Save a framefusion profile with the proposed S_th under this name, in the per-user profiles file "
+         "(or --profiles-file, created if missing); use it with `ask --profile NAME`.")]
+CostOption = Annotated[float, typer.Option(
+    "--cost", help="The cost of the saved profile (share of the dense video-token compute).")]
+PlotOption = Annotated[Optional[Path], typer.Option(
+    "--plot", help="Also write a PNG of the per-layer distribution (needs the `plot` extra).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `calibrate` command to `app`."""
+    app.command(name="calibrate")(calibrate)
+
+
+def calibrate(
+    videos: Annotated[Optional[List[Path]], typer.Argument(
+        help="Video files, or folders whose videos are all used.", show_default=False)] = None,
+    model: opt.ModelOption = opt.DEFAULT_MODEL,
+    revision: opt.RevisionOption = None,
+    frames: opt.FramesOption = None,
+    fps: opt.FpsOption = None,
+    max_frames: opt.MaxFramesOption = 64,
+    start: opt.StartOption = None,
+    end: opt.EndOption = None,
+    device: opt.DeviceOption = "auto",
+    dtype: opt.DtypeOption = "auto",
+    attn: opt.AttnOption = "sdpa",
+    backend: opt.BackendOption = "auto",
+    save_profile: SaveProfileOption = None,
+    cost: CostOption = 0.3,
+    profiles_file: opt.ProfilesFileOption = None,
+    plot: PlotOption = None,
+    json_output: opt.JsonOption = False,
+    debug: opt.DebugOption = False,
+    trust_remote_code: opt.TrustRemoteCodeOption = False,
+) -> None:
+    """Measure, on your own videos, how similar each video token is to the same place in the previous frame, layer
+    by layer, and propose FrameFusion's similarity threshold S_th by the authors' rule: the mean over videos of the
+    median similarity at the input embeddings, where the first merge happens."""
+    from framefusion_cli.app import log, run_guarded, stdout
+
+    def work() -> None:
+        from framefusion import calibrate as library
+        from framefusion.api import minimum_cost
+        from framefusion.bench import check_plot_path
+        from framefusion.model_zoo import parse_model_spec
+        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
+        from framefusion.profiles import builtin_profiles, save_profile as write_profile
+        from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
+
+        # Everything that can be checked without the model is checked first.
+        if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
+        frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
+        check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=start, end=end,
+                                 backend=backend)
+        if frame_count is not None and frame_count < 2:
+            raise InputError("calibration compares frames with the previous one: sample at least 2",
+                             setting="frames", value=frame_count)
+        spec = parse_model_spec(model)
+        check_frame_count(getattr(spec, "family", None), frame_count)
+        paths = library.collect_videos(videos or [])
+        infos = [probe_video(path) for path in paths]
+        for info in infos:
+            check_frame_shape_for_model(info.width, info.height, info.path)
+        if save_profile is not None:
+            check_saved_profile(save_profile, cost, profiles_file)
+        if plot is not None:
+            check_plot_path(plot)
+
+        largest = max(infos, key=lambda info: info.width * info.height)
+        log(f"loading {model} ...")
+        qa = open_video_qa(model, builtin_profiles()["baseline"], device=device, dtype=dtype,
+                           attn_implementation=attn, revision=revision, trust_remote_code=trust_remote_code,
+                           frames=frame_count if frame_count is not None else max_frames,
+                           frame_size=(largest.width, largest.height))
+        check_frame_count(qa.family, frame_count)
+        if save_profile is not None and cost < minimum_cost(qa.num_layers):
+            raise InputError(f"too small for a model with {qa.num_layers} decoder layers: the saved profile could not "
+                             f"run; use at least {minimum_cost(qa.num_layers):.3f}", setting="cost", value=cost)
+        result = library.calibrate(
+            qa, paths, frames=frame_count, fps=fps, max_frames=max_frames, start=start, end=end, backend=backend,
+            on_video=lambda index, path: log(f"[{index + 1}/{len(paths)}] {path}"),
+        )
+
+        saved = None
+        if save_profile is not None:
+            written, replaced = write_profile(save_profile, result.profile_settings(cost), profiles_file)
+            saved = {"name": save_profile, "file": str(written), "replaced": replaced}
+        if plot is not None:
+            write_plot(result, plot)
+            log(f"plot written to {plot}")
+        if json_output:
+            print(json.dumps(dict(result.to_dict(), saved_profile=saved), ensure_ascii=False))
+            return
+        stdout.print(similarity_table(result))
+        if len(result.videos) > 1:
+            stdout.print(video_table(result))
+        stdout.print(Text.assemble(
+            ("proposed S_th ", "bold"), (f"{result.similarity_lower_bound:.4f}", "bold cyan"),
+            (f"  = the mean over the videos of the median at layer 0 (family default {result.family_default:g})",
+             "dim"),
+        ))
+        if saved is not None:
+            action = "replaced" if saved["replaced"] else "saved"
+            file_option = f" --profiles-file {profiles_file}" if profiles_file is not None else ""
+            stdout.print(f"{action} profile {save_profile!r} in {saved['file']}; use it with: framefusion ask VIDEO "
+                         f"QUESTION --model {model} --profile {save_profile}{file_option}", highlight=False)
+
+    run_guarded(debug, work)
+
+
+def check_saved_profile(name: str, cost: float, profiles_file: Optional[Path]) -> None:
+    """The name, the cost and the target file of --save-profile, checked before the model loads."""
+    from framefusion.profiles import parse_profiles, read_profiles_file, user_profiles_file
+
+    parse_profiles({"profiles": {name: {"description": "check", "cost": cost}}}, "--save-profile")
+    target = profiles_file if profiles_file is not None else user_profiles_file()
+    if target is not None and Path(target).exists():
+        read_profiles_file(Path(target))
+
+
+def similarity_table(result: Any) -> Table:
+    """Per layer: the distribution of the similarity to the previous frame (each figure a mean over videos)."""
+    table = Table(title=f"Similarity to the same position in the previous frame · {result.model} · "
+                        f"{len(result.videos)} video(s)", title_justify="left", show_edge=False)
+    table.add_column("layer input")
+    for name in ("p10", "p25", "median", "p75", "p90", "mean"):
+        table.add_column(name, justify="right")
+    for index, stats in enumerate(result.layers):
+        label = "0 embeddings" if index == 0 else str(index)
+        values = (f"{getattr(stats, name):.4f}" for name in ("p10", "p25", "median", "p75", "p90", "mean"))
+        table.add_row(label, *values, style="bold" if index == 0 else None)
+    table.caption = ("each video token (all frames but the first) against the same position in the previous frame, at "
+                     "the input of each decoder layer; layer 0's input is where FrameFusion's first merge happens")
+    return table
+
+
+def video_table(result: Any) -> Table:
+    table = Table(title="Videos", title_justify="left", show_edge=False)
+    for column, justify in (("video", "left"), ("frames", "right"), ("video tokens", "right"),
+                            ("median at layer 0", "right")):
+        table.add_column(column, justify=justify)
+    for video in result.videos:
+        table.add_row(video.video, str(video.frames), f"{video.video_tokens:,}", f"{video.layers[0].median:.4f}")
+    return table
+
+
+def write_plot(result: Any, path: Path) -> None:
+    """A PNG: per layer the median similarity, the 25-75 % and 10-90 % bands, and the proposed S_th."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    from matplotlib import pyplot
+
+    layers = list(range(len(result.layers)))
+    figure, axis = pyplot.subplots(figsize=(8, 4.5))
+    axis.fill_between(layers, [s.p10 for s in result.layers], [s.p90 for s in result.layers], alpha=0.2, color="C0",
+                      label="10-90 %")
+    axis.fill_between(layers, [s.p25 for s in result.layers], [s.p75 for s in result.layers], alpha=0.35, color="C0",
+                      label="25-75 %")
+    axis.plot(layers, [s.median for s in result.layers], marker="o", label="median")
+    axis.axhline(result.similarity_lower_bound, color="black", linestyle="--",
+                 label=f"proposed S_th {result.similarity_lower_bound:.3f}")
+    axis.axhline(result.family_default, color="grey", linestyle=":", label=f"family default {result.family_default:g}")
+    axis.set_xlabel("decoder layer (its input; 0 = input embeddings)")
+    axis.set_ylabel("cosine similarity to the previous frame")
+    axis.set_title(f"{result.model} · {len(result.videos)} video(s)")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
