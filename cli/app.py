@@ -99,43 +99,24 @@ def ask(
 
     def work() -> None:
         from framefusion.memory import reporting_out_of_memory
-        from framefusion.model_zoo import parse_model_spec
-        from framefusion.pipeline import DEFAULT_FRAMES, ask_video, check_frame_count, open_video_qa
+        from framefusion.pipeline import ask_video
+        from framefusion.preflight import RunSettings, check_run, open_run, read_clip
         from framefusion.profiles import get_profile
-        from framefusion.video import (
-            check_frame_shape_for_model,
-            check_sampling_arguments,
-            probe_video,
-            read_video,
-        )
 
         # Everything that can be checked without the model is checked first.
         for question in questions:
             if not question.strip():
                 raise InputError("a question is empty: ask something about the video")
-        if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
-            raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
-        frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
-        check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=start, end=end,
-                                  backend=backend)
-        chosen = get_profile(profile, profiles_file)
+        settings = RunSettings(
+            model=model, profile=profile, profiles_file=profiles_file, revision=revision, frames=frames, fps=fps,
+            max_frames=max_frames, start=start, end=end, device=device, dtype=dtype, attn_implementation=attn,
+            backend=backend, trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions)
+        checked = check_run(settings, [video], extra_profiles=[compare] if compare else [])
         compared = get_profile(compare, profiles_file) if compare else None
-        spec = parse_model_spec(model)
-        check_frame_count(getattr(spec, "family", None), frame_count)
-        info = probe_video(video)
-        check_frame_shape_for_model(info.width, info.height, str(video))
-        # With --fps the frame count depends on the video: the cap is the most the estimate must allow for.
-        expected_frames = frame_count if frame_count is not None else max_frames
 
         log(f"loading {model} ...")
-        qa = open_video_qa(model, chosen, device=device, dtype=dtype, attn_implementation=attn, revision=revision,
-                           trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions,
-                           frames=expected_frames, frame_size=(info.width, info.height))
-        check_frame_count(qa.family, frame_count)
-        started = time.perf_counter()
-        clip = read_video(video, num_frames=frame_count, fps=fps, max_frames=max_frames,
-                          start=start, end=end, backend=backend)
-        decode_seconds = time.perf_counter() - started
+        qa = open_run(checked)
+        clip, decode_seconds = read_clip(settings, video)
 
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system)
         stream = not json_output and compared is None
@@ -268,11 +249,12 @@ def _listing(title: str, items: Any) -> Table:
 
 
 def _register_commands() -> None:
-    from framefusion_cli import bench, calibrate, caption, doctor
+    from framefusion_cli import bench, calibrate, caption, chat, doctor
 
     caption.register(app)
     bench.register(app)
     calibrate.register(app)
+    chat.register(app)
     doctor.register(app)
 
 

@@ -77,3 +77,16 @@ def render_comparison(console: Console, first: Sequence[AskResult], second: Sequ
         console.print(Text(f"Q: {left.question}", style="bold"))
         console.print(Columns([result_panel(left), result_panel(right)], equal=True, expand=True))
         console.print()
+
+
+def chat_turn_table(turn) -> Table:
+    """The tokens and time of one chat turn (framefusion.chat.ChatTurn)."""
+    tokens, timings = turn.tokens, turn.timings
+    table = Table(title=f"Turn {turn.turn}", title_justify="left", show_edge=False)
+    for name in ("conversation tokens", "computed in prefill", "cached (first layer)", "cached (last layer)",
+                 "LLM prefill (s)", "generation (s)", "total (s)"):
+        table.add_column(name, justify="right")
+    table.add_row(f"{tokens['prompt']:,}", f"{tokens['prefill']:,}", f"{tokens['cached_first_layer']:,}",
+                  f"{tokens['cached_last_layer']:,}", f"{timings.prefill:.3f}", f"{timings.generate:.3f}",
+                  f"{timings.total:.3f}")
+    return table

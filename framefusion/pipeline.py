@@ -90,6 +90,7 @@ class AskResult:
     new_tokens: int = 0
     # The profile's method and settings as applied (a family-default S_th resolved to its value).
     settings: dict[str, Any] = field(default_factory=dict)
+    conversation: Conversation | None = field(default=None, repr=False)  # with answer(keep_cache=True) only
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,16 @@ class AskResult:
             "timings": self.timings.to_dict(),
             "new_tokens": self.new_tokens,
         }
+
+
+@dataclass
+class Conversation:
+    """What a follow-up question continues from: every token id so far ([1, n]; the last generated one is not in the
+    cache yet), the KV cache (reduced as the profile left it), and the prompt's multimodal token types, if any."""
+
+    token_ids: torch.Tensor
+    cache: Any
+    token_types: torch.Tensor | None = None
 
 
 @dataclass
@@ -246,11 +257,13 @@ class VideoQA:
     # --- one question -------------------------------------------------------------------------------------------
     def answer(self, prepared: PreparedVideo, question: str, *, max_new_tokens: int = 128,
                temperature: float = 0.0, seed: int | None = None, system: str | None = None,
-               on_text: Callable[[str], None] | None = None, include_shared_work: bool = True) -> AskResult:
+               on_text: Callable[[str], None] | None = None, include_shared_work: bool = True,
+               keep_cache: bool = False) -> AskResult:
         """Answer one question about a prepared video. Its prefill is its own: pruning depends on the question.
 
         include_shared_work: count the video's decode, preprocessing and vision time in this answer's timings (the
         first question of a video); later questions about the same video reuse that work and count only their own.
+        keep_cache: keep the KV cache the answer left (result.conversation), for follow-up questions (framefusion.chat).
         """
         if not question.strip():
             raise InputError("the question is empty: ask something about the video")
@@ -266,30 +279,23 @@ class VideoQA:
             # The features may predate this profile; generate() will not pass the grid on to the forward.
             handle.use_video_grid(inputs.get("video_grid_thw"))
 
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        generation = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0)
-        if temperature > 0:
-            generation["temperature"] = temperature
-            if seed is not None:
-                torch.manual_seed(seed)
-        else:
-            generation.update(temperature=None, top_p=None, top_k=None)
-        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        streamer = _TextStream(tokenizer, on_text) if on_text else None
+        tokenizer = self.tokenizer
+        generation = self.generation_kwargs(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        streamer = self.text_stream(on_text)
 
-        clock = _ForwardClock(self.language_model, self.device)
+        clock = self.forward_clock()
         out_of_memory_advice = reporting_out_of_memory(
             frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device)
         try:
             with out_of_memory_advice, timed(self.device) as generate_all, torch.inference_mode():
                 generate_start = time.perf_counter()
-                output = self.model.generate(**model_inputs, **generation, pad_token_id=pad_token_id,
-                                             streamer=streamer)
+                output = self.model.generate(**model_inputs, **generation, streamer=streamer,
+                                             return_dict_in_generate=True)
             generate_end = time.perf_counter()
         finally:
             clock.close()
         prompt_length = inputs["input_ids"].shape[1]
-        new_ids = output[0, prompt_length:]
+        new_ids = output.sequences[0, prompt_length:]
         answer_text = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
 
         prefill_seconds = clock.durations[0] if clock.durations else generate_all[0]
@@ -311,7 +317,34 @@ class VideoQA:
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
             settings=self._applied_settings(),
+            conversation=Conversation(output.sequences, compat.output_cache(output), inputs.get("mm_token_type_ids"))
+            if keep_cache else None,
         )
+
+    def text_stream(self, on_text: Callable[[str], None] | None) -> TextStreamer | None:
+        """A streamer for generate() that hands the answer's text to on_text as it comes (None: no streaming)."""
+        return _TextStream(self.tokenizer, on_text) if on_text else None
+
+    def forward_clock(self) -> "_ForwardClock":
+        """Times each forward of the language model from now on (the first of a generate() is its prefill)."""
+        return _ForwardClock(self.language_model, self.device)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def generation_kwargs(self, *, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> dict:
+        """generate() settings: greedy at temperature 0 (the checkpoint's sampling defaults switched off)."""
+        generation: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0)
+        if temperature > 0:
+            generation["temperature"] = temperature
+            if seed is not None:
+                torch.manual_seed(seed)
+        else:
+            generation.update(temperature=None, top_p=None, top_k=None)
+        tokenizer = self.tokenizer
+        generation["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return generation
 
     def _applied_settings(self) -> dict[str, Any]:
         settings = self.profile.settings()

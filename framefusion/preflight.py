@@ -1,0 +1,121 @@
+"""The settings of a run on videos, checked in one place before any model is loaded, then the model opened.
+
+Every command (ask, chat, caption, bench, calibrate) and the lmms-eval model go through `check_run` so that a bad
+setting or an unreadable video is refused the same way, in seconds, before minutes of loading; errors name the
+setting (the CLI turns it into its flag).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from framefusion.errors import InputError
+from framefusion.profiles import Profile, get_profile
+
+ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a user chooses for a run: the model, the profile, the sampling, the device."""
+
+    model: str
+    profile: str = "framefusion"
+    profiles_file: Path | None = None
+    revision: str | None = None
+    frames: int | None = None
+    fps: float | None = None
+    max_frames: int = 64
+    start: float | None = None
+    end: float | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    backend: str = "auto"
+    trust_remote_code: bool = False
+    reference_positions: bool = True
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frames to sample uniformly (None: sample at `fps`, up to max_frames)."""
+        from framefusion.pipeline import DEFAULT_FRAMES
+
+        return self.frames if self.frames is not None or self.fps is not None else DEFAULT_FRAMES
+
+    @property
+    def most_frames(self) -> int:
+        """The most frames a video can give under these settings (what the memory estimate must allow for)."""
+        return self.frame_count if self.frame_count is not None else self.max_frames
+
+    def sampling(self) -> dict[str, Any]:
+        return {"frames": self.frame_count, "fps": self.fps, "max_frames": self.max_frames, "start": self.start,
+                "end": self.end}
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """Settings that passed every check that needs no model; `videos` holds what probing each video found."""
+
+    settings: RunSettings
+    profile: Profile
+    videos: tuple[Any, ...]
+
+    @property
+    def largest_frame(self) -> tuple[int, int] | None:
+        sizes = [(info.width, info.height) for info in self.videos]
+        return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
+
+
+def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra_profiles: Sequence[str] = ()
+              ) -> CheckedRun:
+    """Check everything that can be checked without the model: the attention backend, the sampling, the profile(s),
+    the model name and its frame multiple when the name tells the family, and each video (opened and probed)."""
+    from framefusion.model_zoo import parse_model_spec
+    from framefusion.pipeline import check_frame_count
+    from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
+
+    if settings.attn_implementation not in ATTENTION_BACKENDS:
+        raise InputError(f"unknown attention backend: use {', '.join(ATTENTION_BACKENDS[:3])}",
+                         setting="attn_implementation", value=settings.attn_implementation)
+    check_sampling_arguments(num_frames=settings.frame_count, fps=settings.fps, max_frames=settings.max_frames,
+                             start=settings.start, end=settings.end, backend=settings.backend)
+    profile = get_profile(settings.profile, settings.profiles_file)
+    for name in extra_profiles:
+        get_profile(name, settings.profiles_file)
+    spec = parse_model_spec(settings.model)
+    check_frame_count(getattr(spec, "family", None), settings.frame_count)
+    infos = []
+    for video in videos:
+        info = probe_video(video)
+        check_frame_shape_for_model(info.width, info.height, str(video))
+        infos.append(info)
+    return CheckedRun(settings, profile, tuple(infos))
+
+
+def open_run(checked: CheckedRun) -> Any:
+    """Load the model (after the memory estimate) under the run's profile; the frame multiple is checked again
+    against the loaded model's family. Returns a pipeline.VideoQA."""
+    from framefusion.pipeline import check_frame_count, open_video_qa
+
+    settings = checked.settings
+    qa = open_video_qa(
+        settings.model, checked.profile, device=settings.device, dtype=settings.dtype,
+        attn_implementation=settings.attn_implementation, revision=settings.revision,
+        trust_remote_code=settings.trust_remote_code, reference_positions=settings.reference_positions,
+        frames=settings.most_frames, frame_size=checked.largest_frame,
+    )
+    check_frame_count(qa.family, settings.frame_count)
+    return qa
+
+
+def read_clip(settings: RunSettings, video: str | Path) -> tuple[Any, float]:
+    """Sample the run's frames from a video: (VideoClip, seconds spent decoding)."""
+    from framefusion.video import read_video
+
+    started = time.perf_counter()
+    clip = read_video(video, num_frames=settings.frame_count, fps=settings.fps, max_frames=settings.max_frames,
+                      start=settings.start, end=settings.end, backend=settings.backend)
+    return clip, time.perf_counter() - started
