@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -32,9 +33,13 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def run_guarded(debug: bool, work: Callable[[], Any]) -> Any:
-    """Run a command body; turn our errors into one line on stderr and an exit code (tracebacks with --debug)."""
+    """Run a command body; turn our errors into one line on stderr and an exit code (tracebacks with --debug).
+    The library's warnings (a feature cache that cannot be used, a decoder fallback) print as one line each."""
     try:
-        return work()
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _one_line_warning
+            return work()
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -51,6 +56,11 @@ def run_guarded(debug: bool, work: Callable[[], Any]) -> Any:
         # escape: a message may hold brackets (pip install 'framefusion[ray]') that are not rich markup.
         stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code)
+
+
+def _one_line_warning(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    stderr.print(f"[yellow]warning:[/yellow] {escape(' '.join(str(message).split()))}", highlight=False,
+                 soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -94,13 +104,15 @@ def ask(
     debug: opt.DebugOption = False,
     trust_remote_code: opt.TrustRemoteCodeOption = False,
     no_reference_positions: opt.NoReferencePositionsOption = False,
+    no_cache: opt.NoCacheOption = False,
 ) -> None:
     """Answer questions about a video and show what FrameFusion did to the tokens, and the time it took."""
 
     def work() -> None:
         from framefusion.memory import reporting_out_of_memory
         from framefusion.pipeline import ask_video
-        from framefusion.preflight import RunSettings, check_run, open_run, read_clip
+        from framefusion.feature_cache import FeatureCache
+        from framefusion.preflight import RunSettings, check_run, open_run, prepare_video_file
         from framefusion.profiles import get_profile
 
         # Everything that can be checked without the model is checked first.
@@ -116,21 +128,20 @@ def ask(
 
         log(f"loading {model} ...")
         qa = open_run(checked)
-        clip, decode_seconds = read_clip(settings, video)
+        prepared = prepare_video_file(qa, settings, video, None if no_cache else FeatureCache())
 
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system)
         stream = not json_output and compared is None
         on_text = _streamer(questions) if stream else None
-        with reporting_out_of_memory(frames=clip.num_frames, dtype=qa.model.dtype, device=qa.device):
-            results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, on_text=on_text,
-                                **generation)
+        with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=qa.model.dtype, device=qa.device):
+            results = ask_video(qa, prepared, list(questions), on_text=on_text, **generation)
         if stream:
             stdout.print()
         compared_results = []
         if compared is not None:
             qa.use_profile(compared)
-            with reporting_out_of_memory(frames=clip.num_frames, dtype=qa.model.dtype, device=qa.device):
-                compared_results = ask_video(qa, clip, list(questions), decode_seconds=decode_seconds, **generation)
+            with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=qa.model.dtype, device=qa.device):
+                compared_results = ask_video(qa, prepared, list(questions), **generation)
 
         if json_output:
             payload = [result.to_dict() for result in results + compared_results]
@@ -249,12 +260,13 @@ def _listing(title: str, items: Any) -> Table:
 
 
 def _register_commands() -> None:
-    from framefusion_cli import bench, calibrate, caption, chat, doctor
+    from framefusion_cli import bench, cache, calibrate, caption, chat, doctor
 
     caption.register(app)
     bench.register(app)
     calibrate.register(app)
     chat.register(app)
+    cache.register(app)
     doctor.register(app)
 
 

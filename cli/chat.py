@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         debug: opt.DebugOption = False,
         trust_remote_code: opt.TrustRemoteCodeOption = False,
         no_reference_positions: opt.NoReferencePositionsOption = False,
+        no_cache: opt.NoCacheOption = False,
         save: Annotated[Optional[Path], typer.Option(
             "--save", help="Also write the conversation as JSON to this file at the end.")] = None,
     ) -> None:
@@ -54,7 +55,8 @@ def register(app: typer.Typer) -> None:
 
         def work() -> None:
             from framefusion.chat import ChatSession
-            from framefusion.preflight import RunSettings, check_run, open_run, read_clip
+            from framefusion.feature_cache import FeatureCache
+            from framefusion.preflight import RunSettings, check_run, open_run, prepare_video_file
             from framefusion_cli.render import chat_turn_table
 
             settings = RunSettings(
@@ -64,8 +66,8 @@ def register(app: typer.Typer) -> None:
             checked = check_run(settings, [video])
             log(f"loading {model} ...")
             qa = open_run(checked)
-            clip, decode_seconds = read_clip(settings, video)
-            session = ChatSession(qa, qa.prepare_video(clip, decode_seconds), max_new_tokens=max_new_tokens,
+            prepared = prepare_video_file(qa, settings, video, None if no_cache else FeatureCache())
+            session = ChatSession(qa, prepared, max_new_tokens=max_new_tokens,
                                   temperature=temperature, seed=seed, system=system)
             interactive = sys.stdin.isatty() and not json_output
             if interactive:

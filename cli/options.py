@@ -47,3 +47,5 @@ TrustRemoteCodeOption = Annotated[bool, typer.Option(
 NoReferencePositionsOption = Annotated[bool, typer.Option(
     "--no-reference-positions",
     help="Qwen2-VL/2.5-VL: keep transformers 5.x's rotary positions instead of Qwen's reference ones (for comparison).")]
+NoCacheOption = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither read nor write the vision-feature cache ($FRAMEFUSION_CACHE; see `framefusion cache`).")]

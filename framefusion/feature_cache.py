@@ -33,21 +33,16 @@ DEFAULT_MAX_BYTES = 4 * 10**9
 HASHED_BYTES = 1 << 20
 # Bump when the entry layout changes: older entries then simply miss.
 FORMAT_VERSION = "1"
-_ENVIRONMENT_VARIABLE = "FRAMEFUSION_CACHE"
 
 
 def default_cache_folder() -> Path:
-    """$FRAMEFUSION_CACHE, else the platform's per-user cache folder for framefusion (XDG on Linux)."""
-    configured = os.environ.get(_ENVIRONMENT_VARIABLE)
-    if configured:
-        return Path(configured).expanduser()
-    if os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif os.uname().sysname == "Darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "framefusion" / "features"
+    """$FRAMEFUSION_FEATURE_CACHE, else the `features` folder of framefusion's cache folder ($FRAMEFUSION_CACHE,
+    else the platform's user cache folder)."""
+    if explicit := os.environ.get("FRAMEFUSION_FEATURE_CACHE"):
+        return Path(explicit).expanduser()
+    from framefusion.model_zoo.loading import framefusion_cache_dir
+
+    return framefusion_cache_dir() / "features"
 
 
 def video_fingerprint(path: str | os.PathLike) -> dict[str, Any]:

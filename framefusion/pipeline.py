@@ -6,9 +6,11 @@ and every result is a plain object (`AskResult`) that renders to JSON with `to_d
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -88,6 +90,7 @@ class AskResult:
     tokens: TokenReport
     timings: Timings
     new_tokens: int = 0
+    cache: str = "off"  # the vision-feature cache: "hit", "miss" or "off" (see framefusion.feature_cache)
     # The profile's method and settings as applied (a family-default S_th resolved to its value).
     settings: dict[str, Any] = field(default_factory=dict)
     conversation: Conversation | None = field(default=None, repr=False)  # with answer(keep_cache=True) only
@@ -103,6 +106,7 @@ class AskResult:
             "tokens": self.tokens.to_dict(),
             "timings": self.timings.to_dict(),
             "new_tokens": self.new_tokens,
+            "cache": self.cache,
         }
 
 
@@ -127,6 +131,8 @@ class PreparedVideo:
     decode_seconds: float
     vision_seconds: float
     preprocess_seconds: float
+    # Whether the features came from the feature cache: "hit", "miss" (encoded, then stored) or "off".
+    cache: str = "off"
 
 
 def synchronize(device: torch.device) -> None:
@@ -194,6 +200,8 @@ class VideoQA:
         self.model = model
         self.processor = processor
         self.model_name = model_name
+        # What the feature cache keys this model's features by (open_video_qa sets the full identity).
+        self.identity = model_name
         self.reference_positions = reference_positions
         self.device = next(model.parameters()).device
         # None for a model FrameFusion does not support: it still runs, unreduced, under the baseline profile.
@@ -316,7 +324,7 @@ class VideoQA:
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
-            settings=self._applied_settings(),
+            settings=self._applied_settings(), cache=prepared.cache,
             conversation=Conversation(output.sequences, compat.output_cache(output), inputs.get("mm_token_type_ids"))
             if keep_cache else None,
         )
@@ -377,13 +385,14 @@ class VideoQA:
         )
 
 
-def ask_video(qa: VideoQA, clip: VideoClip, questions: list[str], *, decode_seconds: float = 0.0,
+def ask_video(qa: VideoQA, clip: VideoClip | PreparedVideo, questions: list[str], *, decode_seconds: float = 0.0,
               on_text: Callable[[int, str], None] | None = None, **options: Any) -> list[AskResult]:
-    """Answer several questions about one clip: frames and vision features are shared, each prefill is its own."""
+    """Answer several questions about one clip (or a video already prepared, e.g. from the feature cache): frames
+    and vision features are shared, each prefill is its own."""
     for question in questions:
         if not question.strip():
             raise InputError("a question is empty: ask something about the video")
-    prepared = qa.prepare_video(clip, decode_seconds)
+    prepared = clip if isinstance(clip, PreparedVideo) else qa.prepare_video(clip, decode_seconds)
     results = []
     for index, question in enumerate(questions):
         stream = (lambda text, index=index: on_text(index, text)) if on_text else None
@@ -456,5 +465,21 @@ def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dt
             f"(supported families: {', '.join(supported_families())})",
             suggestions=[Suggestion("run it unreduced", setting="profile", value="baseline")],
         )
-    return VideoQA(loaded.model, loaded.processor, model_name=loaded.name, profile=profile,
-                   reference_positions=reference_positions)
+    qa = VideoQA(loaded.model, loaded.processor, model_name=loaded.name, profile=profile,
+                 reference_positions=reference_positions)
+    qa.identity = model_identity(spec, loaded.name, revision, loaded.model.config)
+    return qa
+
+
+def model_identity(spec: Any, name: str, revision: str | None, config: Any) -> str:
+    """What names the weights a model runs with, for the feature cache: its name, revision and resolved commit, a
+    local folder's weight files (name, size, time), and the transformers release that runs it."""
+    from framefusion.model_zoo import SpecKind
+
+    parts: dict[str, Any] = {"name": name, "revision": revision, "commit": compat.checkpoint_commit(config),
+                             "transformers": compat.installed_version()}
+    if spec.kind is SpecKind.LOCAL:
+        folder = Path(spec.target)
+        parts["weights"] = [(path.name, path.stat().st_size, path.stat().st_mtime_ns)
+                            for path in sorted(folder.iterdir()) if path.suffix in (".safetensors", ".bin")]
+    return json.dumps(parts, sort_keys=True)

@@ -119,3 +119,47 @@ def read_clip(settings: RunSettings, video: str | Path) -> tuple[Any, float]:
     clip = read_video(video, num_frames=settings.frame_count, fps=settings.fps, max_frames=settings.max_frames,
                       start=settings.start, end=settings.end, backend=settings.backend)
     return clip, time.perf_counter() - started
+
+
+def prepare_video_file(qa: Any, settings: RunSettings, video: str | Path, cache: Any = None) -> Any:
+    """Decode, preprocess and encode a video for `qa` (a pipeline.VideoQA), or take its features from `cache` (a
+    feature_cache.FeatureCache; None: off). A hit skips decoding and the vision encoder: the clip comes back as blank
+    frames of the sampled size with the sampled timestamps, which is all a prompt needs. Returns a PreparedVideo."""
+    from framefusion.feature_cache import CachedVideo, cache_key, video_fingerprint
+    from framefusion.pipeline import PreparedVideo
+
+    if cache is None:
+        clip, decode_seconds = read_clip(settings, video)
+        return qa.prepare_video(clip, decode_seconds)
+    key = cache_key(video=video_fingerprint(video), sampling=settings.sampling(), stages=[],
+                    model=qa.identity, dtype=str(qa.model.dtype), device_type=qa.device.type)
+    entry = cache.load(key, qa.device)
+    if entry is not None:
+        clip = _blank_clip(entry.clip, str(video))
+        video_inputs = dict.fromkeys(entry.details.get("video_input_keys", ()))
+        return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit")
+    clip, decode_seconds = read_clip(settings, video)
+    prepared = qa.prepare_video(clip, decode_seconds)
+    if prepared.vision_features is None:
+        return prepared  # the model encodes inside generate(): nothing to keep
+    stored = CachedVideo(prepared.vision_modality, prepared.vision_features, _clip_description(prepared.clip),
+                         {"model": qa.model_name, "video_input_keys": sorted(prepared.video_inputs)})
+    cache.store(key, stored)  # a failed write warns once; the run goes on
+    prepared.cache = "miss"
+    return prepared
+
+
+def _clip_description(clip: Any) -> dict[str, Any]:
+    return {"frame_shape": list(clip.frames.shape), "timestamps": list(clip.timestamps),
+            "sampled_fps": clip.sampled_fps, "source_fps": clip.source_fps, "duration": clip.duration,
+            "backend": clip.backend, "start": clip.start, "end": clip.end}
+
+
+def _blank_clip(description: dict[str, Any], path: str) -> Any:
+    import numpy as np
+
+    from framefusion.video import VideoClip
+
+    fields = dict(description)
+    frames = np.zeros(fields.pop("frame_shape"), dtype=np.uint8)
+    return VideoClip(frames=frames, timestamps=tuple(fields.pop("timestamps")), path=path, **fields)

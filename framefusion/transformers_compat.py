@@ -117,6 +117,11 @@ def accepted_keywords(function: Callable) -> set[str]:
     return set(inspect.signature(function).parameters)
 
 
+def checkpoint_commit(config: Any) -> str | None:
+    """The hub commit from_pretrained resolved for a checkpoint (None for local folders and random models)."""
+    return getattr(config, "_commit_hash", None)
+
+
 def installed_version() -> str:
     import transformers
 

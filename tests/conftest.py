@@ -1,9 +1,33 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 # Test helper modules (tiny_models, videos) import by plain name.
 sys.path.insert(0, str(Path(__file__).parent))
 # Never reach for the hub from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# framefusion's own cache (tiny checkpoints, features) in a folder of this run, never the user's.
+os.environ["FRAMEFUSION_CACHE"] = tempfile.mkdtemp(prefix="framefusion-tests-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_child_process_outlives_the_tests():
+    """Fail the session if a process started during the tests (a decoder, a Ray worker, a command) still runs."""
+    yield
+    from processes import describe, descendants, still_running_after
+
+    leftovers = still_running_after(descendants(os.getpid()), seconds=10)
+    for process in leftovers:
+        process.kill()
+    if leftovers:
+        pytest.fail(f"processes still running after the tests (now killed): {describe(leftovers)}")
+
+
+@pytest.fixture(autouse=True)
+def own_feature_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty vision-feature cache of its own (never the user's)."""
+    monkeypatch.setenv("FRAMEFUSION_FEATURE_CACHE", str(tmp_path_factory.mktemp("feature-cache")))

@@ -161,6 +161,8 @@ def test_two_processes_writing_the_same_entry_never_expose_a_partial_one(tmp_pat
 
 
 def test_the_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("FRAMEFUSION_FEATURE_CACHE")
     monkeypatch.setenv("FRAMEFUSION_CACHE", str(tmp_path / "here"))
-    assert feature_cache.default_cache_folder() == tmp_path / "here"
-    assert FeatureCache().folder == tmp_path / "here"
+    assert feature_cache.default_cache_folder() == tmp_path / "here" / "features"
+    monkeypatch.setenv("FRAMEFUSION_FEATURE_CACHE", str(tmp_path / "features"))
+    assert FeatureCache().folder == tmp_path / "features"
