@@ -205,3 +205,26 @@ def prune_keep_mask(importance: torch.Tensor, patch_types: torch.Tensor, sparsit
     top = torch.topk(importance[video_positions], num_keep).indices
     keep[video_positions[top]] = True
     return keep
+
+
+# --- Efficient Video Sampling (EVS), before the LLM ------------------------------------------------------------------
+def evs_kept_count(frames: int, per_frame: int, pruning_rate: float) -> int:
+    """Tokens EVS keeps of a video of `frames` frames of `per_frame` tokens: the first frame at least."""
+    return max(per_frame, int(frames * per_frame * (1 - pruning_rate)))
+
+
+def evs_keep_mask(embeddings: torch.Tensor, per_frame: int, pruning_rate: float) -> torch.Tensor:
+    """Which video tokens EVS keeps. embeddings: [T * P, d], frame after frame (P = per_frame). Returns [T * P] bool.
+
+    A token's score is its dissimilarity (1 - cosine) to the same position in the previous frame; the first frame
+    scores above any dissimilarity (always kept). The highest scores are kept, ties in frame-major order (stable sort).
+    """
+    frames = embeddings.shape[0] // per_frame
+    grid = embeddings.reshape(frames, per_frame, -1).float()
+    dissimilarity = 1 - torch.nn.functional.cosine_similarity(grid[1:], grid[:-1], dim=-1)
+    first_frame = torch.full((1, per_frame), float("inf"), device=grid.device)
+    scores = torch.cat([first_frame, dissimilarity], dim=0).reshape(-1)
+    order = torch.argsort(scores, descending=True, stable=True)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep[order[: evs_kept_count(frames, per_frame, pruning_rate)]] = True
+    return keep
