@@ -208,24 +208,32 @@ def models(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) 
     """List the supported model families, aliases of published checkpoints and random: models."""
 
     def work() -> None:
-        from framefusion.adapters import ADAPTERS
+        from framefusion.families import registered_families
         from framefusion.model_zoo import list_aliases, list_random_models
 
-        families = [{"family": a.family, "similarity_lower_bound": a.default_similarity_lower_bound,
-                     "similarity_source": a.similarity_source, "importance_queries": a.importance_queries}
-                    for a in ADAPTERS]
+        registered = registered_families()
+        families = [{"family": f.name, "similarity_lower_bound": f.default_similarity_lower_bound,
+                     "similarity_source": f.similarity_source, "importance_queries": f.importance_queries,
+                     "frame_multiple": f.frame_multiple, "model_types": list(f.model_types)}
+                    for f in registered if not f.refuses]
+        refused = [{"family": f.name, "model_types": list(f.model_types)} for f in registered if f.refuses]
         aliases = list_aliases()
         randoms = list_random_models()
         if json_output:
-            print(json.dumps({"families": families, "aliases": _plain(aliases), "random": _plain(randoms)}))
+            print(json.dumps({"families": families, "refused": refused, "aliases": _plain(aliases),
+                              "random": _plain(randoms)}))
             return
-        table = Table(title="Model families (FrameFusion adapters)", title_justify="left")
-        for column in ("family", "default S_th", "source of S_th", "importance queries"):
+        table = Table(title="Model families", title_justify="left")
+        for column in ("family", "model types", "default S_th", "source of S_th", "importance queries",
+                       "frame multiple"):
             table.add_column(column)
         for item in families:
-            table.add_row(item["family"], f"{item['similarity_lower_bound']}", item["similarity_source"],
-                          str(item["importance_queries"]))
+            table.add_row(item["family"], ", ".join(item["model_types"]), f"{item['similarity_lower_bound']}",
+                          item["similarity_source"], str(item["importance_queries"]), str(item["frame_multiple"]))
         stdout.print(table)
+        if refused:
+            stdout.print("Refused (FrameFusion cannot run on them; applying it says why): " + ", ".join(
+                f"{item['family']} ({', '.join(item['model_types'])})" for item in refused), highlight=False)
         stdout.print(_listing("Aliases", aliases))
         stdout.print(_listing("Random-weight models (no download)", randoms))
 

@@ -1,4 +1,5 @@
-"""`framefusion bench`: parses options, calls framefusion.bench.run_bench, renders the result. Nothing else."""
+"""`framefusion bench`: parses options, calls framefusion.bench.run_bench, renders the result (its plot:
+framefusion_cli.plots). Nothing else."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from framefusion.families import default_benchmark_shape
 from framefusion_cli import options as opt
 
-DEFAULT_BENCH_MODEL = "random:llava-onevision-qwen2-0.5b"
+# Random weights at a published shape a built-in family names: measurable anywhere, nothing to download.
+DEFAULT_BENCH_MODEL = f"random:{default_benchmark_shape()}"
 
 ProfilesListOption = Annotated[str, typer.Option(
     "--profiles", help="Comma-separated profiles to compare; speedups are against the first.")]
@@ -60,6 +63,7 @@ def bench(
         from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa, resolve_device, resolve_dtype
         from framefusion.profiles import get_profile
         from framefusion.video import check_sampling_arguments, probe_video, read_video
+        from framefusion_cli import plots
 
         # Everything that can be checked without the model is checked first.
         names = library.parse_profile_list(profiles)
@@ -71,7 +75,7 @@ def bench(
         spec = parse_model_spec(model)
         check_frame_count(getattr(spec, "family", None), frame_count)
         if plot is not None:
-            library.check_plot_path(plot)
+            plots.check_plot_path(plot)
         if video is not None:
             probe_video(video)
         torch_device = resolve_device(device)
@@ -100,7 +104,7 @@ def bench(
         if video is None:
             result.video = "(generated scene)"
         if plot is not None:
-            library.save_plot(result, plot)
+            plots.save_bench_plot(result, plot)
             log(f"plot written to {plot}")
         if json_output:
             print(json.dumps(result.to_dict(), ensure_ascii=False))

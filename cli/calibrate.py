@@ -58,11 +58,11 @@ def calibrate(
     def work() -> None:
         from framefusion import calibrate as library
         from framefusion.api import minimum_cost
-        from framefusion.bench import check_plot_path
         from framefusion.model_zoo import parse_model_spec
         from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
         from framefusion.profiles import builtin_profiles, save_profile as write_profile
         from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
+        from framefusion_cli.plots import check_plot_path
 
         # Everything that can be checked without the model is checked first.
         if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):

@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-DEFAULT_MODEL = "qwen2-vl-2b"
+from framefusion.families import default_model
+
+# The alias the one built-in family that offers a default provides (see `framefusion models`).
+DEFAULT_MODEL = default_model()
 
 # Library errors name settings by their Python parameter names; these are the flags that set them where the flag
 # is not simply --<name with dashes>.
@@ -27,7 +30,8 @@ ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="Reduction p
 ProfilesFileOption = Annotated[Optional[Path], typer.Option(
     "--profiles-file", help="YAML file with more profiles or overrides (schema: docs/profiles.md).")]
 FramesOption = Annotated[Optional[int], typer.Option(
-    "--frames", help="Frames sampled uniformly in time (default 32; even for the Qwen families).")]
+    "--frames", help="Frames sampled uniformly in time (default 32; a multiple of the family's frame multiple, see "
+                     "`framefusion models`).")]
 FpsOption = Annotated[Optional[float], typer.Option("--fps", help="Sample at this rate instead, capped by --max-frames.")]
 MaxFramesOption = Annotated[int, typer.Option("--max-frames", help="Cap on frames with --fps.")]
 StartOption = Annotated[Optional[float], typer.Option("--start", help="Start of the span to sample, in seconds.")]
@@ -46,6 +50,7 @@ TrustRemoteCodeOption = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow the model repository's own Python code to run (off by default).")]
 NoReferencePositionsOption = Annotated[bool, typer.Option(
     "--no-reference-positions",
-    help="Qwen2-VL/2.5-VL: keep transformers 5.x's rotary positions instead of Qwen's reference ones (for comparison).")]
+    help="Keep transformers 5.x's rotary positions where a family's reference ones differ (docs/positions.md), "
+         "for comparison.")]
 NoCacheOption = Annotated[bool, typer.Option(
     "--no-cache", help="Neither read nor write the vision-feature cache ($FRAMEFUSION_CACHE; see `framefusion cache`).")]

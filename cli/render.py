@@ -10,9 +10,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from framefusion.pipeline import AskResult
+from framefusion.pipeline import TIMING_FIELDS, AskResult
 
 _BARS = " ▁▂▃▄▅▆▇█"
+# Headings for the timing fields whose Python names a reader should not see as they are.
+_TIMING_HEADINGS = {"decode_video": "decode video", "prefill": "LLM prefill", "generate": "generation"}
 
 
 def token_table(result: AskResult) -> Table:
@@ -47,10 +49,9 @@ def per_layer_view(per_layer: Sequence[int], prompt: int) -> Text:
 def timing_table(result: AskResult) -> Table:
     timings = result.timings
     table = Table(title="Time (s)", title_justify="left", show_edge=False)
-    for name in ("decode video", "preprocess", "vision", "LLM prefill", "generation", "total"):
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{value:.3f}" for value in (timings.decode_video, timings.preprocess, timings.vision,
-                                                  timings.prefill, timings.generate, timings.total)))
+    for name in TIMING_FIELDS:
+        table.add_column(_TIMING_HEADINGS.get(name, name), justify="right")
+    table.add_row(*(f"{getattr(timings, name):.3f}" for name in TIMING_FIELDS))
     table.caption = f"{result.new_tokens} new tokens"
     return table
 

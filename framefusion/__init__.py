@@ -7,6 +7,7 @@
 """
 
 from framefusion.api import FrameFusionHandle, apply_framefusion, framefusion_handle, remove_framefusion
+from framefusion.families import has_reference_positions, remove_reference_positions, restore_reference_positions
 from framefusion.runtime import FrameFusionStats, ReductionStep
 
 __version__ = "0.1.0"
@@ -18,5 +19,8 @@ __all__ = [
     "__version__",
     "apply_framefusion",
     "framefusion_handle",
+    "has_reference_positions",
     "remove_framefusion",
+    "remove_reference_positions",
+    "restore_reference_positions",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from framefusion import transformers_compat as compat
-from framefusion.adapters import FamilyAdapter, adapter_for
+from framefusion.families import Family, family_for
 from framefusion.runtime import FrameFusionRuntime, FrameFusionSettings, FrameFusionStats
 
 _ATTRIBUTE = "_framefusion_handle"
@@ -18,7 +18,7 @@ class FrameFusionHandle:
     """What apply_framefusion returns. `stats` always describes the model's last prefill."""
 
     model: nn.Module
-    adapter: FamilyAdapter
+    family: Family
     settings: FrameFusionSettings
     runtime: FrameFusionRuntime
     reference_positions: bool
@@ -35,7 +35,7 @@ class FrameFusionHandle:
         remove_framefusion(self.model)
 
     def use_video_grid(self, video_grid_thw) -> None:
-        """Tell FrameFusion the video grid (Qwen families) for vision features computed before it was applied.
+        """Tell FrameFusion the video grid (families with grids) for vision features computed before it was applied.
 
         generate() does not pass `video_grid_thw` on to the forward when it is handed precomputed features
         (`mm_encoder_outputs`); FrameFusion learns the grid by itself only while the vision encoder runs under it.
@@ -62,6 +62,7 @@ def apply_framefusion(
     prune: bool = True,
     dense_layers: int = 2,
     reference_positions: bool = True,
+    evs_pruning_rate: float = 0.0,
 ) -> FrameFusionHandle:
     """Install FrameFusion on a Hugging Face video model; use the model as usual afterwards.
 
@@ -71,17 +72,21 @@ def apply_framefusion(
     ratio_lower_bound: merging goes on layer after layer while a step merges at least this fraction.
     merge / prune: turn either stage off (merge=False is FastV-style pruning once after `dense_layers` layers, sized
         for the same cost).
-    reference_positions: for Qwen2-VL / Qwen2.5-VL, compute rotary positions as Qwen's reference code does
-        (see framefusion/positions.py).
+    evs_pruning_rate: before the LLM, drop this fraction of the video tokens by Efficient Video Sampling (the tokens
+        least changed since the previous frame; the first frame stays), keeping every token's position; in [0, 1).
+        With merge and prune off, EVS alone runs.
+    reference_positions: where the family's reference code places rotary positions differently from transformers
+        (Qwen2-VL / Qwen2.5-VL), use the reference positions (see docs/positions.md).
     Applying again replaces the earlier settings; remove_framefusion(model) restores the model exactly.
     """
-    adapter = adapter_for(model)
+    family = family_for(model)
     _check_number("cost", cost, low=0.0, high=1.0, low_inclusive=False)
     if similarity_lower_bound is not None:
         _check_number("similarity_lower_bound", similarity_lower_bound, low=-1.0, high=1.0)
     _check_number("ratio_lower_bound", ratio_lower_bound, low=0.0, high=1.0, low_inclusive=False)
-    if not (merge or prune):
-        raise ValueError("merge and prune are both off: nothing would be reduced; use the model without FrameFusion")
+    _check_number("evs_pruning_rate", evs_pruning_rate, low=0.0, high=1.0, high_inclusive=False)
+    if not (merge or prune or evs_pruning_rate > 0):
+        raise ValueError("merge, prune and EVS are all off: nothing would be reduced; use the model without FrameFusion")
     if not merge and (isinstance(dense_layers, bool) or not isinstance(dense_layers, int) or dense_layers < 1):
         raise ValueError(f"dense_layers must be a whole number >= 1, got {dense_layers!r}")
     attention = compat.attention_implementation(model.config)
@@ -89,9 +94,9 @@ def apply_framefusion(
         raise ValueError("FrameFusion supports the sdpa, eager and flash-attention backends, not flex_attention")
 
     remove_framefusion(model)
-    num_layers = len(adapter.language_model(model).layers)
+    num_layers = len(family.language_model(model).layers)
     smallest = minimum_cost(num_layers, merge, dense_layers)
-    if cost < smallest or (not merge and dense_layers >= num_layers):
+    if (merge or prune) and (cost < smallest or (not merge and dense_layers >= num_layers)):
         raise ValueError(
             f"cost {cost} is too small for a model with {num_layers} decoder layers"
             + (f" and {dense_layers} dense layers" if not merge else "")
@@ -100,24 +105,22 @@ def apply_framefusion(
     settings = FrameFusionSettings(
         cost=float(cost),
         similarity_lower_bound=float(
-            adapter.default_similarity_lower_bound if similarity_lower_bound is None else similarity_lower_bound
+            family.default_similarity_lower_bound if similarity_lower_bound is None else similarity_lower_bound
         ),
         ratio_lower_bound=float(ratio_lower_bound),
         merge=merge,
         prune=prune,
         dense_layers=dense_layers,
-        importance_queries=adapter.importance_queries,
+        importance_queries=family.importance_queries,
+        evs_pruning_rate=float(evs_pruning_rate),
     )
-    runtime = FrameFusionRuntime(model, adapter, settings)
+    runtime = FrameFusionRuntime(model, family, settings)
     runtime.install()
     positions_restored = False
-    if reference_positions and adapter.needs_reference_positions:
-        from framefusion.positions import has_reference_positions, restore_reference_positions
-
-        # Restored by someone else first (e.g. for a baseline run): theirs to undo, not ours.
-        if not has_reference_positions(model):
-            positions_restored = restore_reference_positions(model)
-    handle = FrameFusionHandle(model, adapter, settings, runtime, positions_restored)
+    # Restored by someone else first (e.g. for a baseline run): theirs to undo, not ours.
+    if reference_positions and not family.has_reference_positions(model):
+        positions_restored = family.restore_reference_positions(model)
+    handle = FrameFusionHandle(model, family, settings, runtime, positions_restored)
     setattr(model, _ATTRIBUTE, handle)
     return handle
 
@@ -129,9 +132,7 @@ def remove_framefusion(model: nn.Module) -> None:
         return
     handle.runtime.remove()
     if handle.reference_positions:
-        from framefusion.positions import remove_reference_positions
-
-        remove_reference_positions(model)
+        handle.family.remove_reference_positions(model)
     del model.__dict__[_ATTRIBUTE]
 
 
@@ -140,10 +141,12 @@ def framefusion_handle(model: nn.Module) -> FrameFusionHandle | None:
     return model.__dict__.get(_ATTRIBUTE)
 
 
-def _check_number(name: str, value: object, *, low: float, high: float, low_inclusive: bool = True) -> None:
+def _check_number(name: str, value: object, *, low: float, high: float, low_inclusive: bool = True,
+                  high_inclusive: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise ValueError(f"{name} must be a number, got {value!r}")
     above_low = value >= low if low_inclusive else value > low
-    if not (above_low and value <= high):
-        bracket = "[" if low_inclusive else "("
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
+    below_high = value <= high if high_inclusive else value < high
+    if not (above_low and below_high):
+        opening, closing = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in {opening}{low}, {high}{closing}, got {value}")

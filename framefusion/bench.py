@@ -7,7 +7,8 @@
 Every profile answers the same question about the same frames in the same process. Warm-up rounds come first and
 are not counted; then `repeat` rounds, each running every profile once (the order rotates from round to round so no
 profile always runs first), and each timing is the median over the rounds. The pipeline synchronises the device around
-every timer. The CLI's `framefusion bench` only parses options and renders a `BenchResult`.
+every timer (framefusion.clock). The CLI's `framefusion bench` only parses options, renders a `BenchResult` and draws
+its plot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -24,8 +24,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from framefusion.api import framefusion_handle
+from framefusion.doctor import cpu_name
 from framefusion.errors import InputError
-from framefusion.pipeline import AskResult, PreparedVideo, Timings, TokenReport, VideoQA
+from framefusion.peak_memory import MemoryMeter
+from framefusion.pipeline import TIMING_FIELDS, AskResult, PreparedVideo, Timings, TokenReport, VideoQA
 from framefusion.profiles import Profile
 from framefusion.video import VideoClip
 
@@ -33,9 +35,6 @@ DEFAULT_QUESTION = "What happens in this video?"
 DEFAULT_REPEAT = 3
 DEFAULT_WARMUP = 1
 DEFAULT_MAX_NEW_TOKENS = 16
-# Seconds between two samples of the resident memory while a CPU run is measured.
-RSS_SAMPLING_INTERVAL = 0.005
-TIMING_FIELDS = ("decode_video", "preprocess", "vision", "prefill", "generate", "total")
 
 
 @dataclass
@@ -177,32 +176,20 @@ def median_timings(rounds: Sequence[Timings]) -> Timings:
     return Timings(**{name: statistics.median(getattr(t, name) for t in rounds) for name in TIMING_FIELDS})
 
 
-def rotated(items: Sequence[Any], by: int) -> list[Any]:
-    """The items starting at index `by` (mod len): round r runs the profiles in this order."""
-    shift = by % len(items) if items else 0
-    return list(items[shift:]) + list(items[:shift])
+def reduction_steps(tokens: TokenReport) -> Iterator[tuple[str, int | None, int]]:
+    """(kind, layer, tokens removed) for each merge or prune step."""
+    for stage in tokens.stages:
+        yield stage.name, stage.layer, stage.before - stage.after
 
 
-# --- machine and memory ---------------------------------------------------------------------------------------------
-def cpu_model_name() -> str:
-    """The CPU's marketing name (from /proc/cpuinfo on Linux), else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
+# --- the machine ----------------------------------------------------------------------------------------------------
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     import transformers
 
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "device": str(device),
-        "cpu": cpu_model_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu_name,
         "torch": torch.__version__,
@@ -214,73 +201,13 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
-def release_free_memory_to_os() -> None:
-    """Hand memory the allocator keeps from earlier runs back to the OS (glibc), so a run's growth is its own."""
-    import ctypes
-    import ctypes.util
-
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return
-    try:
-        trim = ctypes.CDLL(library).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): resident memory is read as it is
-        return
-    trim(0)
-
-
-class _ResidentMemoryPeak:
-    """Samples this process's resident memory in a background thread; `stop()` returns how far it rose."""
-
-    def __init__(self, interval: float = RSS_SAMPLING_INTERVAL):
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.start_bytes = self._process.memory_info().rss
-        self.peak_bytes = self.start_bytes
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-        return self.peak_bytes - self.start_bytes
-
-
-class _MemoryMeter:
-    """Peak memory of one run: GPU max allocated (reset first), or on CPU the increase of resident memory."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak_bytes = 0
-
-    def __enter__(self) -> "_MemoryMeter":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            # Without this, pages freed after the warm-up stay resident and later runs appear to need nothing.
-            release_free_memory_to_os()
-            self._rss = _ResidentMemoryPeak()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        else:
-            self.peak_bytes = int(self._rss.stop())
-
-
 # --- the benchmark ---------------------------------------------------------------------------------------------------
+def rotated(items: Sequence[Any], by: int) -> list[Any]:
+    """The items starting at index `by` (mod len): round r runs the profiles in this order."""
+    shift = by % len(items) if items else 0
+    return list(items[shift:]) + list(items[:shift])
+
+
 def check_bench_arguments(profile_names: Sequence[str], repeat: int, warmup: int, max_new_tokens: int) -> None:
     """Everything about the settings that can be checked before a model is loaded."""
     if not profile_names:
@@ -308,7 +235,7 @@ def _answer_under(qa: VideoQA, profile: Profile, prepared: PreparedVideo, questi
     handle = framefusion_handle(qa.model)
     if handle is not None:
         handle.runtime.measure_overhead = True
-    with _MemoryMeter(qa.device) as memory:
+    with MemoryMeter(qa.device) as memory:
         result = qa.answer(prepared, question, max_new_tokens=max_new_tokens)
     return result, memory.peak_bytes
 
@@ -379,66 +306,3 @@ def synthetic_bench_video(folder: str | Path | None = None) -> Path:
 
     target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="framefusion-bench-"))
     return write_synthetic_video(target / "synthetic-scene.mp4", seconds=4.0, fps=16, width=384, height=384)
-
-
-# --- the plot ----------------------------------------------------------------------------------------------------
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as error:
-        raise InputError("a plot needs matplotlib: pip install 'framefusion[plot]' (or leave the plot out)",
-                         setting="plot") from error
-
-
-def check_plot_path(path: str | Path) -> Path:
-    """A writable .png path, checked before any model is loaded."""
-    target = Path(path)
-    if target.suffix.lower() != ".png":
-        raise InputError("the plot is a PNG: name the file with .png", setting="plot", value=str(target))
-    if not target.parent.exists():
-        raise InputError(f"the folder {target.parent} does not exist; create it or choose another path",
-                         setting="plot", value=str(target))
-    require_matplotlib()
-    return target
-
-
-def save_plot(result: BenchResult, path: str | Path) -> Path:
-    """A PNG with the tokens each decoder layer processed per profile, and each profile's timing breakdown."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    from matplotlib import pyplot
-
-    figure, (tokens_axis, time_axis) = pyplot.subplots(1, 2, figsize=(12, 4.5))
-    for run in result.results:
-        tokens_axis.step(range(len(run.tokens.per_layer)), run.tokens.per_layer, where="mid",
-                         label=f"{run.profile} (cost {run.tokens.cost:.2f})")
-    tokens_axis.set_xlabel("decoder layer")
-    tokens_axis.set_ylabel("tokens")
-    tokens_axis.set_ylim(bottom=0)
-    tokens_axis.set_title("Tokens per layer")
-    tokens_axis.legend()
-
-    parts = ("decode_video", "preprocess", "vision", "prefill", "generate")
-    names = [run.profile for run in result.results]
-    bottoms = [0.0] * len(names)
-    for part in parts:
-        values = [getattr(run.timings, part) for run in result.results]
-        time_axis.bar(names, values, bottom=bottoms, label=part.replace("_", " "))
-        bottoms = [bottom + value for bottom, value in zip(bottoms, values)]
-    time_axis.set_ylabel("seconds (median)")
-    time_axis.set_title(f"Time · {result.machine.get('gpu') or result.machine.get('cpu')}")
-    time_axis.legend()
-    figure.suptitle(f"{result.model} · {result.reference.tokens.frames} frames")
-    figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=120)
-    pyplot.close(figure)
-    return target
-
-
-def reduction_steps(tokens: TokenReport) -> Iterator[tuple[str, int | None, int]]:
-    """(kind, layer, tokens removed) for each merge or prune step."""
-    for stage in tokens.stages:
-        yield stage.name, stage.layer, stage.before - stage.after

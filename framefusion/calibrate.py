@@ -26,7 +26,7 @@ import torch
 
 from framefusion import core
 from framefusion import transformers_compat as compat
-from framefusion.adapters import VideoInputs, supported_families
+from framefusion.families import VideoInputs, supported_families
 from framefusion.errors import FrameFusionError, InputError, Suggestion
 from framefusion.video import VideoClip, read_video
 

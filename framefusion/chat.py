@@ -26,8 +26,9 @@ from typing import Any, Callable
 import torch
 
 from framefusion import transformers_compat as compat
+from framefusion.clock import Stopwatch
 from framefusion.errors import InputError
-from framefusion.pipeline import AskResult, Conversation, PreparedVideo, Timings, VideoQA, timed
+from framefusion.pipeline import AskResult, Conversation, PreparedVideo, Timings, VideoQA
 
 # Marks where the assistant's answer goes when the chat template renders a finished turn.
 _ANSWER_MARK = "\u2063FRAMEFUSION-ANSWER\u2063"
@@ -110,7 +111,7 @@ class ChatSession:
         conversation = self._conversation
         assert conversation is not None
         qa = self.qa
-        with timed(qa.device) as preprocess:
+        with Stopwatch(qa.device) as preprocess:
             new_ids = self._continuation_ids(question)
         all_ids = torch.cat([conversation.token_ids, new_ids], dim=1)
         # Not in the cache yet: the last generated token, then the new turn.
@@ -125,7 +126,7 @@ class ChatSession:
         streamer = qa.text_stream(on_text)
         clock = qa.forward_clock()
         try:
-            with timed(qa.device) as generate_all, torch.inference_mode():
+            with Stopwatch(qa.device) as generate_all, torch.inference_mode():
                 output = qa.model.generate(**inputs, **compat.cache_kwargs(conversation.cache), **generation,
                                            streamer=streamer, return_dict_in_generate=True)
             generate_end = time.perf_counter()
@@ -136,10 +137,10 @@ class ChatSession:
         self._conversation = Conversation(torch.cat([all_ids, generated[None]], dim=1), compat.output_cache(output),
                                           inputs.get("mm_token_type_ids"))
         self._messages += [self._user(question), self._assistant(answer)]
-        prefill = clock.durations[0] if clock.durations else generate_all[0]
-        timings = Timings(preprocess=preprocess[0], prefill=prefill,
+        prefill = clock.durations[0] if clock.durations else generate_all.seconds
+        timings = Timings(preprocess=preprocess.seconds, prefill=prefill,
                           generate=generate_end - clock.ends[0] if clock.ends else 0.0)
-        timings.total = preprocess[0] + generate_all[0]
+        timings.total = preprocess.seconds + generate_all.seconds
         tokens = {"prompt": int(all_ids.shape[1]), "prefill": int(uncached.shape[1]), **self._cached()}
         return ChatTurn(len(self.turns) + 1, question, answer, tokens, timings, int(generated.numel()))
 

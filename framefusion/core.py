@@ -228,3 +228,27 @@ def evs_keep_mask(embeddings: torch.Tensor, per_frame: int, pruning_rate: float)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     keep[order[: evs_kept_count(frames, per_frame, pruning_rate)]] = True
     return keep
+
+
+def evs_keep_by_patch(hidden_states: torch.Tensor, patch_types: torch.Tensor, pruning_rate: float) -> torch.Tensor:
+    """EVS on a whole prompt: which tokens to keep. hidden_states [L, d] (the embeddings entering the LLM),
+    patch_types [L]. Returns [L] bool; tokens that are not video are always kept.
+
+    The same rule as `evs_keep_mask`, with frames read from the patch types (the same spatial position in the
+    previous frame is the previous token of the same type), so it works on any family's layout, newline tokens and
+    several videos included (the budget then counts all the prompt's video tokens together).
+    """
+    is_video = patch_types >= 0
+    positions_by_patch, similarity = similarity_to_previous_frame(hidden_states, patch_types)
+    scores = torch.full(patch_types.shape, float("-inf"), device=hidden_states.device)
+    # A first frame's token has no predecessor (similarity NO_PREDECESSOR): it scores above any dissimilarity.
+    dissimilarity = torch.where(similarity <= NO_PREDECESSOR, torch.full_like(similarity, float("inf")),
+                                1 - similarity.float())
+    scores[positions_by_patch] = dissimilarity
+    video_positions = torch.nonzero(is_video).squeeze(-1)
+    per_frame = int(torch.unique(patch_types[is_video]).numel())
+    kept = max(per_frame, int(video_positions.numel() * (1 - pruning_rate)))
+    order = torch.argsort(scores[video_positions], descending=True, stable=True)
+    keep = ~is_video
+    keep[video_positions[order[:kept]]] = True
+    return keep

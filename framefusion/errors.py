@@ -97,6 +97,25 @@ class WillNotFit(InputError):
     """Refused before loading: the estimate says the model and its inputs do not fit in the device's free memory."""
 
 
+def one_line(error: BaseException, name_setting: Callable[[str], str] = python_setting_name, *,
+             limit: int | None = None) -> str:
+    """`error` as one line, for a terminal, a log line or a record: the one error formatter of the project.
+
+    Our errors are described with settings named by `name_setting` (the CLI passes its flags). Any other error keeps
+    its type in front, because it was not raised on purpose and its message alone can be cryptic (`KeyError: 'x'`).
+    Line breaks and runs of spaces become one space; `limit` cuts a longer line to that many characters.
+    """
+    if isinstance(error, FrameFusionError):
+        text = " ".join(error.describe(name_setting).split())
+    else:
+        message = " ".join(str(error).split())
+        text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    text = text or type(error).__name__
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 3, 0)] + "..."
+    return text
+
+
 def _rebuild(error_type: type, problem: str, setting: str | None, value: Any,
              suggestions: tuple[Suggestion, ...]) -> FrameFusionError:
     error = error_type.__new__(error_type)

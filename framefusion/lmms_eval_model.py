@@ -9,7 +9,7 @@ resolves to `lmms_eval_manifest()`: a ModelManifest naming `FrameFusionLMM` as a
 task's doc_to_text, video path from its doc_to_visual), so the class says `is_simple = True`.
 
 Each request goes through the same pipeline as `framefusion ask` (`open_video_qa`, `VideoQA.prepare_video/answer`,
-video reading in framefusion/video.py). Per sample, lmms-eval's own metrics log (`log_metrics`) records the token
+video reading in framefusion/video/). Per sample, lmms-eval's own metrics log (`log_metrics`) records the token
 counts, the achieved cost and the LLM prefill time; at the end lmms-eval averages them into the results JSON, next to
 the scores, under `throughput`: `avg_achieved_cost`, `avg_prefill_seconds`, `avg_prompt_tokens`, ... One run per
 profile gives accuracy and speed side by side (docs/accuracy.md).
@@ -53,7 +53,7 @@ class FrameFusionLMM(lmms):
 
     is_simple = True  # must agree with the manifest: registered as simple_class_path
 
-    def __init__(self, pretrained: str = "qwen2-vl-2b", profile: str = "framefusion",
+    def __init__(self, pretrained: str | None = None, profile: str = "framefusion",
                  profiles_file: str | None = None, frames: int | None = None, fps: float | None = None,
                  max_frames: int = 64, start: float | None = None, end: float | None = None, backend: str = "auto",
                  device: str | None = None, dtype: str = "auto", attn: str = "sdpa", revision: str | None = None,
@@ -61,6 +61,7 @@ class FrameFusionLMM(lmms):
                  warmup: int = 1, batch_size: int | str = 1, max_batch_size: int | None = None,
                  **unknown: Any) -> None:
         super().__init__()
+        from framefusion.families import default_model
         from framefusion.model_zoo import parse_model_spec
         from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
         from framefusion.profiles import get_profile
@@ -78,6 +79,7 @@ class FrameFusionLMM(lmms):
         if str(batch_size) != "1":
             _logger().warning(f"framefusion answers one prompt at a time (FrameFusion reduces one prompt per "
                               f"prefill); batch_size={batch_size} is ignored")
+        pretrained = default_model() if pretrained is None else pretrained
         frames = _whole_number("frames", frames)
         self.sampling = dict(
             num_frames=frames if frames is not None or fps is not None else DEFAULT_FRAMES, fps=fps,

@@ -30,6 +30,7 @@ from framefusion.errors import OutOfMemory, Suggestion, WillNotFit
 if TYPE_CHECKING:
     import torch
 
+    from framefusion.families.base import Family
     from framefusion.model_zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ logger = logging.getLogger(__name__)
 TEXT_TOKENS = 512
 # Python, the CUDA context, allocator slack and small buffers, bytes.
 FIXED_OVERHEAD_BYTES = 512 << 20
-# Qwen-VL merges 2x2 patches of 14 px (28 px blocks) and pairs frames in time.
-QWEN_BLOCK_PIXELS = 28 * 28
-# Per-frame pixel cap of Qwen-VL's published video processors (768 blocks of 28x28 px) when a config does not say.
-QWEN_DEFAULT_MAX_PIXELS = 768 * QWEN_BLOCK_PIXELS
 # Used for a family whose tokens per frame cannot be read from its configs.
 FALLBACK_TOKENS_PER_FRAME = 256
 # A safetensors header larger than this is not read (a real one is a few MB at most).
@@ -127,85 +124,66 @@ def count_parameters_from_config(config: Mapping[str, Any]) -> int:
     with biases, gated MLP, norms), output head unless tied, vision tower and projector. Raises KeyError,
     TypeError or ValueError on a config without the numbers."""
     text = text_config_of(config)
-    hidden = _positive_int(text, "hidden_size")
-    heads = _positive_int(text, "num_attention_heads")
-    kv_heads = _positive_int(text, "num_key_value_heads", default=heads)
-    head_dim = _positive_int(text, "head_dim", default=hidden // heads)
-    layers = _positive_int(text, "num_hidden_layers")
-    vocab = _positive_int(text, "vocab_size")
-    intermediate = _positive_int(text, "intermediate_size")
+    hidden = positive_int(text, "hidden_size")
+    heads = positive_int(text, "num_attention_heads")
+    kv_heads = positive_int(text, "num_key_value_heads", default=heads)
+    head_dim = positive_int(text, "head_dim", default=hidden // heads)
+    layers = positive_int(text, "num_hidden_layers")
+    vocab = positive_int(text, "vocab_size")
+    intermediate = positive_int(text, "intermediate_size")
     attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
     attention += heads * head_dim + 2 * kv_heads * head_dim  # q, k, v biases (Qwen2); tiny when absent
     per_layer = attention + 3 * hidden * intermediate + 2 * hidden
     tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
     language = layers * per_layer + hidden + vocab * hidden * (1 if tied else 2)
     vision = config.get("vision_config")
-    return language + (_vision_parameters(vision, hidden) if isinstance(vision, Mapping) else 0)
+    if not isinstance(vision, Mapping):
+        return language
+    return language + _family_of_config(config).vision_parameters(vision, hidden)
 
 
-def _vision_parameters(vision: Mapping[str, Any], text_hidden: int) -> int:
-    """Vision tower (ViT blocks, patch embedding) and the projector into the language model."""
-    if "embed_dim" in vision:  # Qwen2-VL: hidden_size is the merger's output width
-        width, output = _positive_int(vision, "embed_dim"), _positive_int(vision, "hidden_size", default=text_hidden)
-    else:
-        width = _positive_int(vision, "hidden_size")
-        output = _positive_int(vision, "out_hidden_size", default=text_hidden)
-    depth = _positive_int(vision, "depth", default=None) if "depth" in vision else _positive_int(
+def vision_tower_parameters(vision: Mapping[str, Any], width: int) -> int:
+    """A ViT `width` wide: its blocks (attention, MLP, norms) and its patch embedding (with learned position
+    embeddings when the config gives an image_size)."""
+    depth = positive_int(vision, "depth", default=None) if "depth" in vision else positive_int(
         vision, "num_hidden_layers")
     if "intermediate_size" in vision:
-        mlp_width = _positive_int(vision, "intermediate_size")
+        mlp_width = positive_int(vision, "intermediate_size")
     else:
-        mlp_width = int(_positive_number(vision, "mlp_ratio", default=4) * width)
-    gated = vision.get("hidden_act") == "silu"  # Qwen2.5-VL's vision MLP is gated (SwiGLU)
+        mlp_width = int(positive_number(vision, "mlp_ratio", default=4) * width)
+    gated = vision.get("hidden_act") == "silu"  # a gated (SwiGLU) MLP, as Qwen2.5-VL's vision blocks
     block = 4 * width * width + 4 * width + (3 if gated else 2) * width * mlp_width + 4 * width
-    patch = _positive_int(vision, "patch_size", default=14)
-    channels = _positive_int(vision, "in_channels", default=3)
-    temporal = _positive_int(vision, "temporal_patch_size", default=1)
+    patch = positive_int(vision, "patch_size", default=14)
+    channels = positive_int(vision, "in_channels", default=3)
+    temporal = positive_int(vision, "temporal_patch_size", default=1)
     patch_embedding = channels * temporal * patch * patch * width
     if "image_size" in vision:  # SigLIP/CLIP: learned position embeddings, one per patch
-        patch_embedding += (_positive_int(vision, "image_size") // patch) ** 2 * width
-    merge = _positive_int(vision, "spatial_merge_size", default=1)
-    if merge > 1:  # Qwen: merge 2x2 patches, then a two-layer MLP to the language model's width
-        merged = width * merge * merge
-        projector = merged * merged + merged + merged * output + output
-    else:  # LLaVA: a two-layer MLP from the vision width to the language model's width
-        projector = width * output + output + output * output + output
-    return depth * block + patch_embedding + projector
+        patch_embedding += (positive_int(vision, "image_size") // patch) ** 2 * width
+    return depth * block + patch_embedding
+
+
+def mlp_projector_parameters(width: int, output: int) -> int:
+    """A two-layer MLP from the vision width to the language model's width (LLaVA's projector)."""
+    return width * output + output + output * output + output
 
 
 def tokens_per_frame_from_config(config: Mapping[str, Any], processor: Mapping[str, Any] | None = None,
                                  frame_size: tuple[int, int] | None = None) -> int:
-    """Visual tokens one frame becomes in the language model's prompt, at most.
+    """Visual tokens one frame becomes in the language model's prompt, at most, as the model's family counts them.
 
     processor: the (video) processor settings; frame_size: (width, height) of the video when known, else the
     processor's largest frame is assumed.
     """
-    model_type = str(config.get("model_type", ""))
-    vision = config.get("vision_config") if isinstance(config.get("vision_config"), Mapping) else {}
-    if model_type.startswith("qwen") and "vl" in model_type:
-        max_pixels, min_pixels = _qwen_pixel_limits(processor or {})
-        pixels = max_pixels if frame_size is None else frame_size[0] * frame_size[1]
-        pixels = min(max(pixels, min_pixels), max_pixels)
-        blocks = math.ceil(pixels / QWEN_BLOCK_PIXELS)
-        temporal = _positive_int(vision, "temporal_patch_size", default=2)
-        return max(1, math.ceil(blocks / temporal))
-    if "image_size" in vision and "patch_size" in vision:
-        side = _positive_int(vision, "image_size") // _positive_int(vision, "patch_size")
-        if model_type == "llava_onevision":  # frames are pooled 2x2 before the language model
-            side = math.ceil(side / 2)
-        return max(1, side * side)
-    return FALLBACK_TOKENS_PER_FRAME
+    tokens = _family_of_config(config).tokens_per_frame_from_config(config, processor, frame_size)
+    return FALLBACK_TOKENS_PER_FRAME if tokens is None else tokens
 
 
-def _qwen_pixel_limits(processor: Mapping[str, Any]) -> tuple[int, int]:
-    size = processor.get("size") if isinstance(processor.get("size"), Mapping) else {}
-    max_pixels = processor.get("max_pixels", size.get("longest_edge", QWEN_DEFAULT_MAX_PIXELS))
-    min_pixels = processor.get("min_pixels", size.get("shortest_edge", 0))
-    if not _is_positive_number(max_pixels):
-        max_pixels = QWEN_DEFAULT_MAX_PIXELS
-    if not _is_positive_number(min_pixels) or min_pixels > max_pixels:
-        min_pixels = 0
-    return int(max_pixels), int(min_pixels)
+def _family_of_config(config: Mapping[str, Any]) -> Family:
+    """The registered family of a config.json dict's model_type; the generic Family() for any other model."""
+    from framefusion.families import family_for_model_type
+    from framefusion.families.base import Family
+
+    return family_for_model_type(str(config.get("model_type", ""))) or Family()
 
 
 def model_numbers_from_config(config: Mapping[str, Any], *, processor: Mapping[str, Any] | None = None,
@@ -213,19 +191,19 @@ def model_numbers_from_config(config: Mapping[str, Any], *, processor: Mapping[s
                               parameter_source: str = "config.json") -> ModelNumbers:
     """ModelNumbers from config.json (and the processor settings); parameter_count overrides the computed one."""
     text = text_config_of(config)
-    hidden = _positive_int(text, "hidden_size")
-    heads = _positive_int(text, "num_attention_heads")
+    hidden = positive_int(text, "hidden_size")
+    heads = positive_int(text, "num_attention_heads")
     if parameter_count is None:
         parameter_count, parameter_source = count_parameters_from_config(config), "config.json"
     return ModelNumbers(
         parameter_count=int(parameter_count),
         parameter_source=parameter_source,
-        num_layers=_positive_int(text, "num_hidden_layers"),
+        num_layers=positive_int(text, "num_hidden_layers"),
         num_attention_heads=heads,
-        num_kv_heads=_positive_int(text, "num_key_value_heads", default=heads),
-        head_dim=_positive_int(text, "head_dim", default=hidden // heads),
+        num_kv_heads=positive_int(text, "num_key_value_heads", default=heads),
+        head_dim=positive_int(text, "head_dim", default=hidden // heads),
         hidden_size=hidden,
-        intermediate_size=_positive_int(text, "intermediate_size"),
+        intermediate_size=positive_int(text, "intermediate_size"),
         tokens_per_frame=tokens_per_frame_from_config(config, processor, frame_size),
     )
 
@@ -258,7 +236,7 @@ def count_parameters_from_index(index: Mapping[str, Any], config: Mapping[str, A
     """Parameters from a safetensors index's total size (bytes) and the checkpoint's stored dtype."""
     metadata = index.get("metadata")
     total_size = metadata.get("total_size") if isinstance(metadata, Mapping) else None
-    if not _is_positive_number(total_size):
+    if not is_positive_number(total_size):
         return None
     stored = config.get("dtype") or config.get("torch_dtype") or text_config_of(config).get("dtype") or "bfloat16"
     return int(total_size) // _CONFIG_DTYPE_BYTES.get(str(stored), 2)
@@ -455,23 +433,23 @@ def _gb(count: int) -> str:
     return f"{count / GIGABYTE:.1f} GB" if count >= 0.1 * GIGABYTE else f"{count / 1e6:.0f} MB"
 
 
-def _is_positive_number(value: object) -> bool:
+def is_positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 _MISSING = object()
 
 
-def _positive_number(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> float:
+def positive_number(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> float:
     value = mapping.get(key, default)
     if value is _MISSING:
         raise KeyError(key)
-    if not _is_positive_number(value):
+    if not is_positive_number(value):
         raise ValueError(f"{key} must be a positive number, got {value!r}")
     return value
 
 
-def _positive_int(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> int:
+def positive_int(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> int:
     value = mapping.get(key)
     if value is None:
         if default is _MISSING or default is None:

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from transformers.generation.streamers import TextStreamer
 
 from framefusion import transformers_compat as compat
-from framefusion.adapters import FamilyAdapter, find_adapter, supported_families
+from framefusion.families import (
+    Family,
+    find_family,
+    frame_multiple_for,
+    restore_reference_positions,
+    supported_families,
+)
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
+from framefusion.clock import ForwardClock, Stopwatch
 from framefusion.errors import InputError, Suggestion
 from framefusion.memory import reporting_out_of_memory
 from framefusion.profiles import Profile
@@ -26,7 +32,6 @@ from framefusion.runtime import FrameFusionStats
 from framefusion.video import VideoClip, enlarge_small_frames
 
 DEFAULT_FRAMES = 32
-QWEN_FAMILIES = ("qwen2-vl", "qwen2.5-vl")
 
 
 @dataclass
@@ -42,6 +47,10 @@ class Timings:
 
     def to_dict(self) -> dict[str, float]:
         return {key: round(value, 6) for key, value in asdict(self).items()}
+
+
+# The timing fields in order, for every table, record and median that lists them.
+TIMING_FIELDS: tuple[str, ...] = tuple(timing.name for timing in fields(Timings))
 
 
 @dataclass
@@ -135,48 +144,6 @@ class PreparedVideo:
     cache: str = "off"
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def timed(device: torch.device) -> Iterator[list[float]]:
-    """Yields a one-element list that holds the block's duration afterwards, with the device synchronised."""
-    box = [0.0]
-    synchronize(device)
-    start = time.perf_counter()
-    yield box
-    synchronize(device)
-    box[0] = time.perf_counter() - start
-
-
-class _ForwardClock:
-    """Times each forward of the language model (the first of a generate() call is the prefill)."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device):
-        self.device = device
-        self.starts: list[float] = []
-        self.durations: list[float] = []
-        self.ends: list[float] = []
-        self._handles = [module.register_forward_pre_hook(self._before),
-                         module.register_forward_hook(self._after)]
-
-    def _before(self, *args: Any) -> None:
-        synchronize(self.device)
-        self.starts.append(time.perf_counter())
-
-    def _after(self, *args: Any) -> None:
-        synchronize(self.device)
-        end = time.perf_counter()
-        self.durations.append(end - self.starts[-1])
-        self.ends.append(end)
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
 class _TextStream(TextStreamer):
     """transformers' TextStreamer (prompt skipped, text released by whole words), handing text to `on_text`."""
 
@@ -205,14 +172,12 @@ class VideoQA:
         self.reference_positions = reference_positions
         self.device = next(model.parameters()).device
         # None for a model FrameFusion does not support: it still runs, unreduced, under the baseline profile.
-        self.adapter = find_adapter(model)
-        self.family = self.adapter.family if self.adapter else None
-        # A model without adapter encodes its video the default way.
-        self.video_encoding = self.adapter or FamilyAdapter()
+        self.adapter = find_family(model)
+        self.family = self.adapter.name if self.adapter else None
+        # A model of no known family encodes its video the default way.
+        self.video_encoding = self.adapter or Family()
         self.language_model = self.adapter.language_model(model) if self.adapter else model.get_decoder()
         if reference_positions:
-            from framefusion.positions import restore_reference_positions
-
             # For every profile, baseline included, so that comparisons between profiles stay fair.
             restore_reference_positions(model)
         self.profile = profile
@@ -239,14 +204,14 @@ class VideoQA:
         """Preprocess the clip's frames and run the vision encoder once."""
         # Processors reject or misread frames only a few pixels high or wide: enlarge those first.
         clip = enlarge_small_frames(clip)
-        with timed(self.device) as preprocess:
+        with Stopwatch(self.device) as preprocess:
             video_inputs = self._processor_inputs(clip, "?", None)
             video_inputs = {key: value for key, value in video_inputs.items()
                             if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        with timed(self.device) as vision, torch.inference_mode():
+        with Stopwatch(self.device) as vision, torch.inference_mode():
             modality, features = self.video_encoding.encode_video(self.model, video_inputs)
-        vision_seconds = vision[0] if features is not None else 0.0
-        return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess[0])
+        vision_seconds = vision.seconds if features is not None else 0.0
+        return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds)
 
     def _processor_inputs(self, clip: VideoClip, question: str, system: str | None) -> dict[str, torch.Tensor]:
         messages = []
@@ -275,7 +240,7 @@ class VideoQA:
         """
         if not question.strip():
             raise InputError("the question is empty: ask something about the video")
-        with timed(self.device) as preprocess:
+        with Stopwatch(self.device) as preprocess:
             inputs = self._processor_inputs(prepared.clip, question, system)
         model_inputs = dict(inputs)  # without pre-encoded features, generate() encodes the pixels itself
         if prepared.vision_features is not None:
@@ -295,7 +260,7 @@ class VideoQA:
         out_of_memory_advice = reporting_out_of_memory(
             frames=prepared.clip.num_frames, dtype=self.model.dtype, device=self.device)
         try:
-            with out_of_memory_advice, timed(self.device) as generate_all, torch.inference_mode():
+            with out_of_memory_advice, Stopwatch(self.device) as generate_all, torch.inference_mode():
                 generate_start = time.perf_counter()
                 output = self.model.generate(**model_inputs, **generation, streamer=streamer,
                                              return_dict_in_generate=True)
@@ -306,7 +271,7 @@ class VideoQA:
         new_ids = output.sequences[0, prompt_length:]
         answer_text = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
 
-        prefill_seconds = clock.durations[0] if clock.durations else generate_all[0]
+        prefill_seconds = clock.durations[0] if clock.durations else generate_all.seconds
         generate_seconds = generate_end - clock.ends[0] if clock.ends else 0.0
         shared_vision = prepared.vision_seconds if include_shared_work else 0.0
         # Without pre-encoded features, generate() ran the encoder for this answer before the language model's prefill.
@@ -314,12 +279,12 @@ class VideoQA:
         vision_in_generate = clock.starts[0] - generate_start if encoded_here else 0.0
         timings = Timings(
             decode_video=prepared.decode_seconds if include_shared_work else 0.0,
-            preprocess=preprocess[0] + (prepared.preprocess_seconds if include_shared_work else 0.0),
+            preprocess=preprocess.seconds + (prepared.preprocess_seconds if include_shared_work else 0.0),
             vision=shared_vision + vision_in_generate,
             prefill=prefill_seconds,
             generate=generate_seconds,
         )
-        timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all[0]
+        timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all.seconds
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
@@ -333,9 +298,9 @@ class VideoQA:
         """A streamer for generate() that hands the answer's text to on_text as it comes (None: no streaming)."""
         return _TextStream(self.tokenizer, on_text) if on_text else None
 
-    def forward_clock(self) -> "_ForwardClock":
+    def forward_clock(self) -> ForwardClock:
         """Times each forward of the language model from now on (the first of a generate() is its prefill)."""
-        return _ForwardClock(self.language_model, self.device)
+        return ForwardClock(self.language_model, self.device)
 
     @property
     def tokenizer(self) -> Any:
@@ -430,12 +395,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def check_frame_count(family: str | None, frames: int | None) -> None:
-    """Qwen-VL models pair frames into temporal patches: an odd count would repeat the last frame."""
+    """Frames must be a multiple of the family's frame multiple (2 where the processor pairs frames into temporal
+    patches: an odd count would repeat the last frame). family: a family name, or None when unknown."""
     if frames is not None and frames < 1:
         raise InputError("must be at least 1", setting="frames", value=frames)
-    if frames is not None and family in QWEN_FAMILIES and frames % 2:
-        raise InputError(f"{family} takes frames in pairs", setting="frames", value=frames,
-                         suggestions=[Suggestion("use an even count", setting="frames", value=frames + 1)])
+    multiple = frame_multiple_for(family)
+    if frames is not None and frames % multiple:
+        in_pairs = multiple == 2
+        groups, fix = ("pairs", "an even count") if in_pairs else (f"groups of {multiple}", f"a multiple of {multiple}")
+        fitting = frames + multiple - frames % multiple
+        raise InputError(f"{family} takes frames in {groups}", setting="frames", value=frames,
+                         suggestions=[Suggestion(f"use {fix}", setting="frames", value=fitting)])
 
 
 def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dtype: str = "auto",
@@ -459,7 +429,7 @@ def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dt
     loaded = load_model(spec, dtype=torch_dtype, device=str(torch_device),
                         attn_implementation=attn_implementation, revision=revision,
                         trust_remote_code=trust_remote_code)
-    if find_adapter(loaded.model) is None and profile.reduction_kwargs() is not None:
+    if find_family(loaded.model) is None and profile.reduction_kwargs() is not None:
         raise InputError(
             f"{loaded.name} is a {type(loaded.model).__name__}, which FrameFusion does not support yet "
             f"(supported families: {', '.join(supported_families())})",

@@ -8,14 +8,14 @@ Decoding steps (the prompt is already in the cache) run the original layer, with
 layer's own, shorter cache.
 
 The layout of the prompt (which tokens are video, and their spatial position in the frame) is read by a pre-hook on
-the multimodal model's forward, which sees input_ids, from the family adapter.
+the multimodal model's forward, which sees input_ids, from the model's family (framefusion/families/); a family
+installs what else it needs through `Family.install(runtime)` (Qwen3-VL's DeepStack).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,7 +24,8 @@ from torch import nn
 
 from framefusion import core
 from framefusion import transformers_compat as compat
-from framefusion.adapters import FamilyAdapter, VideoInputs
+from framefusion.clock import Stopwatch
+from framefusion.families.base import Family, VideoInputs
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,17 @@ class FrameFusionSettings:
     # prune-only (merge=False): layers that see every video token before the one prune step.
     dense_layers: int = 2
     importance_queries: int = 1
+    # EVS before the LLM: the fraction of video tokens dropped before layer 0 (0: off). FrameFusion's budget then
+    # applies to the tokens EVS kept; the achieved cost is still counted against the unreduced prompt.
+    evs_pruning_rate: float = 0.0
 
 
 @dataclass(frozen=True)
 class ReductionStep:
-    """One merge or prune step: after (layer, "before_attention"/"after_attention"), tokens before and after."""
+    """One reduction step and the tokens before and after it: kind "merge" or "prune" inside the LLM (at `layer`,
+    where "before_attention" or "after_attention"), or "evs" before it (layer None, where "before_llm")."""
 
-    layer: int
+    layer: int | None
     kind: str
     where: str
     tokens_before: int
@@ -194,7 +199,7 @@ class PrefillReduction:
         self.stats.tokens_per_layer.append(self.length)
         self.stats.video_tokens_per_layer.append(self.num_video)
 
-    def _record_step(self, layer: int, kind: str, where: str, before: tuple[int, int]) -> None:
+    def _record_step(self, layer: int | None, kind: str, where: str, before: tuple[int, int]) -> None:
         self.stats.steps.append(
             ReductionStep(layer, kind, where, before[0], self.length, before[1], self.num_video)
         )
@@ -207,6 +212,16 @@ class PrefillReduction:
         if not self.settings.merge:
             return layer == self.settings.dense_layers - 1
         return self.merging_finished
+
+    def evs_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """EVS before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
+        before = (self.length, self.num_video)
+        keep = core.evs_keep_by_patch(hidden_states[0], self.patch_types, self.settings.evs_pruning_rate)
+        if not bool(keep.all()):
+            self._keep(keep)
+            hidden_states = hidden_states[:, keep]
+        self._record_step(None, "evs", "before_llm", before)
+        return hidden_states
 
     def merge_step(self, hidden_states: torch.Tensor, layer: int, where: str) -> torch.Tensor:
         """hidden_states [1, L, d] -> [1, L', d]."""
@@ -302,17 +317,20 @@ _NOT_SET = object()
 class FrameFusionRuntime:
     """Everything apply_framefusion installs on one model, and how to take it off again."""
 
-    def __init__(self, model: nn.Module, adapter: FamilyAdapter, settings: FrameFusionSettings):
+    def __init__(self, model: nn.Module, family: Family, settings: FrameFusionSettings):
         self.model = model
-        self.adapter = adapter
+        self.family = family
         self.settings = settings
-        self.multimodal_model = adapter.multimodal_model(model)
-        self.language_model = adapter.language_model(model)
+        self.multimodal_model = family.multimodal_model(model)
+        self.language_model = family.language_model(model)
         self.layers = list(self.language_model.layers)
         self.num_layers = len(self.layers)
         self.stats = FrameFusionStats(requested_cost=settings.cost)
         self.measure_overhead = False
         self._prefill: PrefillReduction | None = None
+        # Whether each prefill tracks which original positions every token averages (MergedRows): set by a family
+        # that adds per-position features inside the stack (Qwen3-VL's DeepStack) in its install().
+        self.track_merged_rows = False
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []
         # (module, attribute, what the instance held before: _NOT_SET for nothing)
@@ -332,7 +350,7 @@ class FrameFusionRuntime:
             # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
             # replace the inner one so its hooks stay in place.
             attribute = "_old_forward" if compat.keeps_accelerate_wrapper(layer) else "forward"
-            self._replace(layer, attribute, self._make_layer_forward(getattr(layer, attribute), layer, index))
+            self.replace_attribute(layer, attribute, self._make_layer_forward(getattr(layer, attribute), layer, index))
         self._hook_handles.append(
             self.multimodal_model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         )
@@ -341,37 +359,19 @@ class FrameFusionRuntime:
         )
         original_video_features = getattr(self.multimodal_model, compat.VIDEO_FEATURES_METHOD, None)
         if original_video_features is not None:
-            self._replace(self.multimodal_model, compat.VIDEO_FEATURES_METHOD,
-                          self._capture_video_grid(original_video_features))
-        original_deepstack = getattr(self.language_model, compat.DEEPSTACK_METHOD, None)
-        if original_deepstack is not None:
-            self._replace(self.language_model, compat.DEEPSTACK_METHOD,
-                          self._deepstack_for_present_tokens(original_deepstack))
+            self.replace_attribute(self.multimodal_model, compat.VIDEO_FEATURES_METHOD,
+                                   self._capture_video_grid(original_video_features))
+        self.family.install(self)
 
-    def _replace(self, module: nn.Module, attribute: str, replacement: Callable) -> None:
-        """Set an instance attribute, remembering what the instance held before, for remove()."""
+    def replace_attribute(self, module: nn.Module, attribute: str, replacement: Callable) -> None:
+        """Set an instance attribute, remembering what the instance held before; remove() puts it back."""
         self._replaced_attributes.append((module, attribute, module.__dict__.get(attribute, _NOT_SET)))
         setattr(module, attribute, replacement)
 
     @property
-    def has_deepstack(self) -> bool:
-        """Whether the text model adds visual features to the first layers' outputs (Qwen3-VL's DeepStack)."""
-        return hasattr(type(self.language_model), compat.DEEPSTACK_METHOD)
-
-    def _deepstack_for_present_tokens(self, original: Callable) -> Callable:
-        """DeepStack adds one visual row per visual position; after a reduction, add to each token still present
-        the rows of the positions it stands for, averaged as its hidden state was (see MergedRows)."""
-
-        def deepstack_process(hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
-                              visual_embeds: torch.Tensor) -> torch.Tensor:
-            state = self._prefill
-            if state is None or state.merged_rows is None or state.length == state.original_length:
-                return original(hidden_states, visual_pos_masks, visual_embeds)
-            rows = visual_embeds.to(hidden_states.device, hidden_states.dtype)
-            addition = state.merged_rows.combine(state.length, visual_pos_masks[0].to(hidden_states.device), rows)
-            return hidden_states + addition.unsqueeze(0)
-
-        return deepstack_process
+    def prefill(self) -> PrefillReduction | None:
+        """The reduction of the prefill running now (None outside one, and during decoding)."""
+        return self._prefill
 
     def remove(self) -> None:
         for module, attribute, previous in reversed(self._replaced_attributes):
@@ -411,7 +411,7 @@ class FrameFusionRuntime:
                 raise ValueError("FrameFusion needs input_ids to find the video tokens; pass input_ids, not inputs_embeds")
             return
         layouts = [
-            self.adapter.patch_types(self.model, row, VideoInputs(self._last_video_grid)) for row in input_ids
+            self.family.patch_types(self.model, row, VideoInputs(self._last_video_grid)) for row in input_ids
         ]
         self.stats = FrameFusionStats(
             prompt_tokens=input_ids.shape[1],
@@ -429,7 +429,7 @@ class FrameFusionRuntime:
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and not bool(attention_mask.all()):
             raise ValueError("FrameFusion does not support padded prompts yet; pass the prompt without padding")
         self._prefill = PrefillReduction(self.settings, layouts[0], self.num_layers, self.measure_overhead,
-                                         track_merged_rows=self.has_deepstack)
+                                         track_merged_rows=self.track_merged_rows)
 
     def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self._prefill is not None:
@@ -463,7 +463,10 @@ class FrameFusionRuntime:
                                 hidden_states: torch.Tensor, attention_mask: Any, position_ids: Any,
                                 position_embeddings: Any, kwargs: dict) -> torch.Tensor:
         """The decoder layer with FrameFusion's steps; kwargs: the rest of the layer's arguments (cache, use_cache)."""
-        clock = _Stopwatch(state.measure, hidden_states.device)
+        clock = Stopwatch(hidden_states.device, enabled=state.measure)
+        if index == 0 and self.settings.evs_pruning_rate > 0:
+            with clock:
+                hidden_states = state.evs_step(hidden_states)
         if index == 0 and not state.merging_finished:
             with clock:
                 hidden_states = state.merge_step(hidden_states, index, "before_attention")
@@ -518,27 +521,3 @@ def _cut_mask_to_cache(mask: Any, cache: Any, layer_index: int, query_length: in
     if mask.shape[-1] > key_length:
         return mask[..., -key_length:]
     return mask
-
-
-class _Stopwatch:
-    """Adds up the time of the `with` blocks; synchronises the device first so GPU work is counted, when enabled."""
-
-    def __init__(self, enabled: bool, device: torch.device):
-        self.enabled = enabled
-        self.device = device
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            self._sync()
-            self._start = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._sync()
-            self.seconds += time.perf_counter() - self._start

@@ -176,7 +176,7 @@ def test_profile_list_parsing_and_checks():
 def test_cpu_peak_memory_counts_what_a_run_allocates_even_after_earlier_runs_freed_theirs():
     import torch
 
-    from framefusion.bench import _MemoryMeter
+    from framefusion.peak_memory import MemoryMeter as _MemoryMeter
 
     earlier = [torch.ones(5_000_000) for _ in range(4)]  # 80 MB allocated and freed before the measured run
     del earlier

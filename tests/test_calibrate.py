@@ -149,7 +149,7 @@ def test_a_model_without_adapter_is_a_usage_error(two_videos, monkeypatch):
     from framefusion import pipeline
 
     # As if the family were unknown to FrameFusion: the model loads and runs, but nobody knows its video layout.
-    monkeypatch.setattr(pipeline, "find_adapter", lambda model: None)
+    monkeypatch.setattr(pipeline, "find_family", lambda model: None)
     result = run_cli(str(two_videos[0]), "--model", MODEL, "--frames", str(FRAMES))
     expect_one_line_usage_error(result, "no adapter", "qwen2-vl")
 

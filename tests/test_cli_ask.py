@@ -147,7 +147,7 @@ def test_a_model_without_adapter_still_runs_under_baseline(monkeypatch):
     import torch
 
     # As if the family were unknown to FrameFusion: the baseline profile needs no adapter.
-    monkeypatch.setattr(pipeline, "find_adapter", lambda model: None)
+    monkeypatch.setattr(pipeline, "find_family", lambda model: None)
     loaded = load_model(parse_model_spec("random:tiny-qwen2-vl"), dtype=torch.float32, device="cpu")
     qa = pipeline.VideoQA(loaded.model, loaded.processor, model_name=loaded.name, profile=get_profile("baseline"))
     assert qa.family is None

@@ -10,7 +10,7 @@ import torch
 
 from framefusion.transformers_compat import processor_videos
 from framefusion import apply_framefusion, core, remove_framefusion
-from framefusion.adapters import adapter_for
+from framefusion.families import family_for
 from framefusion.errors import InputError
 from framefusion.model_zoo import load_model, parse_model_spec
 from framefusion.runtime import MergedRows
@@ -71,16 +71,16 @@ def family(request):
 
 def test_family_is_detected_from_the_class_and_the_layout_is_the_processors(family):
     model, processor = loaded(family)
-    adapter = adapter_for(model)
-    assert adapter.family == family
+    found = family_for(model)
+    assert found.name == family
     inputs = processor_inputs(processor)
-    video_id = adapter.video_token_id(model)
+    video_id = found.video_token_id(model)
     is_video = inputs["input_ids"][0] == video_id
     assert int(is_video.sum()) == VIDEO_TOKENS[family]
-    from framefusion.adapters.base import VideoInputs, video_token_runs
+    from framefusion.families.base import VideoInputs, video_token_runs
 
     assert len(video_token_runs(is_video)) == VIDEO_RUNS[family]
-    types = adapter.patch_types(model, inputs["input_ids"][0], VideoInputs(inputs.get("video_grid_thw")))
+    types = found.patch_types(model, inputs["input_ids"][0], VideoInputs(inputs.get("video_grid_thw")))
     # Every video token has a spatial position; the frames follow each other across any separators.
     per_frame = 16
     assert torch.equal(types[is_video], torch.arange(VIDEO_TOKENS[family]) % per_frame)
@@ -126,7 +126,7 @@ def test_per_layer_counts_follow_the_budget(family):
         assert out.shape[1] == stats.final_tokens
         # Every non-video token survives.
         kept = set(stats.kept_positions)
-        video_id = handle.adapter.video_token_id(model)
+        video_id = handle.family.video_token_id(model)
         assert set(torch.nonzero(inputs["input_ids"][0] != video_id).squeeze(-1).tolist()) <= kept
 
 
@@ -244,9 +244,9 @@ def test_deepstack_follows_the_surviving_tokens_in_the_model():
     assert text_rows and torch.equal(added[0, text_rows[:1]], torch.zeros(1, added.shape[-1]))
     # By hand: after layer 0's single merge, a present video token stands for itself and the merged tokens of its
     # spatial position that follow it up to the next present one; its addition is the plain mean of their rows.
-    from framefusion.adapters.base import VideoInputs
+    from framefusion.families.base import VideoInputs
 
-    types = handle.adapter.patch_types(model, inputs["input_ids"][0], VideoInputs(inputs["video_grid_thw"]))
+    types = handle.family.patch_types(model, inputs["input_ids"][0], VideoInputs(inputs["video_grid_thw"]))
     present_set = set(state_positions)
     merged_somewhere = 0
     for index, position in enumerate(state_positions):

@@ -36,7 +36,7 @@ def entry(value: float = 1.0, size: int = 4) -> CachedVideo:
 
 def encoder_output(family: str):
     loaded = load_model(f"random:tiny-{family}", dtype=torch.float32, device="cpu")
-    from framefusion.adapters import find_adapter
+    from framefusion.families import find_family
 
     frames = np.random.default_rng(0).integers(0, 255, (4, 112, 112, 3), dtype=np.uint8)
     metadata = {"fps": 2.0, "total_num_frames": 4, "frames_indices": list(range(4))}
@@ -46,7 +46,7 @@ def encoder_output(family: str):
                               do_sample_frames=False, return_tensors="pt")
     video_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     with torch.inference_mode():
-        return find_adapter(loaded.model).encode_video(loaded.model, video_inputs)
+        return find_family(loaded.model).encode_video(loaded.model, video_inputs)
 
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen3-vl", "llava-onevision", "internvl", "smolvlm"])

@@ -210,7 +210,7 @@ def test_unsupported_family_names_the_supported_ones():
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_cost_one_with_reference_positions_on_both_sides_is_bit_identical(family):
-    from framefusion.positions import has_reference_positions, restore_reference_positions
+    from framefusion import has_reference_positions, restore_reference_positions
 
     model, inputs = build(family)
     restore_reference_positions(model)
@@ -224,7 +224,7 @@ def test_cost_one_with_reference_positions_on_both_sides_is_bit_identical(family
 
 
 def test_apply_restores_reference_positions_and_remove_undoes_them():
-    from framefusion.positions import has_reference_positions
+    from framefusion import has_reference_positions
 
     model, inputs = build("qwen2-vl")
     handle = apply_framefusion(model, cost=0.3)

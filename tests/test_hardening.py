@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import framefusion.memory as memory
 import framefusion.pipeline as pipeline
-import framefusion.video as video_module
+import framefusion.video.pyav_reader as video_module
 import videos
 from framefusion.caption import find_videos
 from framefusion.errors import FrameFusionError, InputError, VideoError

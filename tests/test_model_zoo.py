@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from framefusion.transformers_compat import processor_videos
 from framefusion.errors import InputError, ModelLoadError
 from framefusion.model_zoo import (
-    TINY_FAMILIES,
     SpecKind,
     build_tiny_checkpoint,
     estimate_memory_bytes,
@@ -25,6 +24,7 @@ from framefusion.model_zoo import (
     load_model,
     load_shape,
     parse_model_spec,
+    tiny_families,
 )
 from framefusion.model_zoo import loading, shapes
 from framefusion.model_zoo.building import (
@@ -34,7 +34,7 @@ from framefusion.model_zoo.building import (
     make_tokenizer,
     tiny_blueprint,
 )
-from framefusion.model_zoo.families import family_kit
+from framefusion.model_zoo.kit import family_kit
 
 FRAMES, SIDE = 8, 112
 QUESTION = "What is happening in this video?"
@@ -92,7 +92,7 @@ def video_inputs(processor, frames: np.ndarray, fps: float = 4.0):
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny_checkpoint(family, root / family) for family in TINY_FAMILIES}
+    return {family: build_tiny_checkpoint(family, root / family) for family in tiny_families()}
 
 
 # ---------------------------------------------------------------- tiny checkpoints
@@ -100,7 +100,7 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 def test_tiny_checkpoints_exist_for_the_families_checked_here():
     # The later families are covered, with their own layouts, by tests/test_families.py.
-    assert set(EXPECTED) <= set(TINY_FAMILIES)
+    assert set(EXPECTED) <= set(tiny_families())
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))
@@ -339,7 +339,7 @@ def test_listings_for_the_models_command():
     assert aliases["qwen2-vl-2b"] == "Qwen/Qwen2-VL-2B-Instruct"
     assert aliases["llava-video-7b-qwen2"] == "llava-hf/LLaVA-Video-7B-Qwen2-hf"
     randoms = {info.spec: info for info in list_random_models()}
-    assert {f"random:tiny-{family}" for family in TINY_FAMILIES} | {f"random:{s}" for s in list_shapes()} == set(
+    assert {f"random:tiny-{family}" for family in tiny_families()} | {f"random:{s}" for s in list_shapes()} == set(
         randoms
     )
     assert randoms["random:qwen2-vl-2b"].parameter_count == 2_208_985_600

@@ -29,7 +29,7 @@ import torch
 from transformers import Qwen2VLForConditionalGeneration
 
 from framefusion import apply_framefusion, remove_framefusion
-from framefusion.positions import remove_reference_positions, restore_reference_positions
+from framefusion.families.qwen_vl.positions import remove_reference_positions, restore_reference_positions
 
 DATA = Path(__file__).parent / "data" / "official"
 CHECKPOINT = DATA / "tiny-qwen2-vl-28"

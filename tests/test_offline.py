@@ -20,7 +20,7 @@ import pytest
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from framefusion.model_zoo import TINY_FAMILIES, build_tiny_checkpoint
+from framefusion.model_zoo import build_tiny_checkpoint, tiny_families
 from framefusion.model_zoo.hub import HubState, hub_access, hub_status, probe_hub
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
@@ -192,7 +192,7 @@ def write_cached_hub_model(hf_home: Path, repo_id: str) -> Path:
     """A tiny checkpoint laid out as huggingface_hub caches a download: a snapshot folder and refs/main."""
     revision = "0123456789abcdef0123456789abcdef01234567"
     repository = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = build_tiny_checkpoint(TINY_FAMILIES[0], repository / "snapshots" / revision)
+    snapshot = build_tiny_checkpoint(tiny_families()[0], repository / "snapshots" / revision)
     (repository / "refs").mkdir()
     (repository / "refs" / "main").write_text(revision)
     return snapshot

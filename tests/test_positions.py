@@ -1,4 +1,5 @@
-"""Reference rotary positions for Qwen2-VL / Qwen2.5-VL (framefusion.positions), on tiny random models.
+"""Reference rotary positions for Qwen2-VL / Qwen2.5-VL (framefusion.families.qwen_vl.positions), on tiny random
+models.
 
 The expected positions come from `expected_positions` below: Qwen's reference rule written as a plain loop
 over tokens, independent of the module under test.
@@ -22,7 +23,7 @@ from transformers import (
 
 from framefusion.errors import InputError
 from framefusion.transformers_compat import cache_kwargs, output_cache
-from framefusion.positions import remove_reference_positions, restore_reference_positions
+from framefusion.families.qwen_vl.positions import remove_reference_positions, restore_reference_positions
 
 VOCAB = 128
 PAD_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, VISION_START_ID, VISION_END_ID = 0, 120, 121, 122, 123

@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framefusion.errors import InputError, ProfileError
+from framefusion.profile_file import MAX_FILE_BYTES, METHODS
 from framefusion.profiles import (
-    MAX_FILE_BYTES,
-    METHODS,
     Profile,
     get_profile,
     load_profiles,

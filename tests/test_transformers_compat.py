@@ -104,7 +104,7 @@ def test_accelerate_wrappers_are_recognised_by_their_attributes():
 
 def test_every_family_processor_takes_one_list_of_videos_per_prompt():
     from framefusion.model_zoo import load_model
-    from framefusion.adapters import supported_families
+    from framefusion.families import supported_families
 
     frames = torch.randint(0, 255, (4, 56, 56, 3), dtype=torch.uint8).numpy()
     metadata = {"fps": 2.0, "total_num_frames": 4, "frames_indices": list(range(4))}

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import framefusion.video as video_module
 from framefusion.transformers_compat import processor_videos
 from framefusion.errors import InputError, VideoError
 from framefusion.synthetic_video import SKY_FRACTION, render_synthetic_frames, write_synthetic_video
+from framefusion.video import pyav_reader, reading
 from framefusion.video import (
     VideoClip,
     frames_on_screen,
@@ -127,7 +127,7 @@ def test_start_past_the_end_is_a_video_error(good):
 def test_backend_choice(monkeypatch):
     assert resolve_backend("pyav") == "pyav"
     assert resolve_backend("auto") == "decord"  # decord is installed here
-    monkeypatch.setattr(video_module, "decord_available", lambda: False)
+    monkeypatch.setattr(reading, "decord_available", lambda: False)
     assert resolve_backend("auto") == "pyav"
     with pytest.raises(InputError, match="pip install decord"):
         resolve_backend("decord")
@@ -261,14 +261,14 @@ def test_decord_that_stops_early_is_not_trusted(good, monkeypatch):
 
 def test_long_video_is_read_by_seeking_not_decoding_everything(good, monkeypatch):
     decoded = []
-    original = video_module._ForwardDecoder._next_frame
+    original = pyav_reader._ForwardDecoder._next_frame
 
     def counting(self, target):
         frame = original(self, target)
         decoded.append(frame)
         return frame
 
-    monkeypatch.setattr(video_module._ForwardDecoder, "_next_frame", counting)
+    monkeypatch.setattr(pyav_reader._ForwardDecoder, "_next_frame", counting)
     clip = read_video(good["long"], num_frames=4, backend="pyav")  # 200 frames, a keyframe every 10
     assert picked_indices(clip) == [25, 75, 125, 175]
     assert len(decoded) < 60

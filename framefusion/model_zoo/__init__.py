@@ -4,11 +4,13 @@
     loaded = load_model(spec, dtype=torch.float32, device="cpu")
     loaded.model, loaded.processor
 
-Importing this package does not import torch or transformers.
+Each family's recipe (`FamilyKit`), aliases and shapes live with the family (framefusion/families/); this package
+holds the generic building and loading code that asks the registered families for them. Importing this package
+does not import torch or transformers.
 """
 
 from framefusion.model_zoo.building import build_tiny_checkpoint, fill_random_weights
-from framefusion.model_zoo.families import TINY_FAMILIES
+from framefusion.model_zoo.kit import FamilyKit, family_kit, tiny_families
 from framefusion.model_zoo.loading import LoadedModel, ensure_tiny_checkpoint, framefusion_cache_dir, load_model
 from framefusion.model_zoo.shapes import (
     ModelShape,
@@ -27,7 +29,7 @@ from framefusion.model_zoo.specs import (
 )
 
 __all__ = [
-    "TINY_FAMILIES",
+    "FamilyKit",
     "LoadedModel",
     "ModelShape",
     "ModelSpec",
@@ -37,6 +39,7 @@ __all__ = [
     "build_tiny_checkpoint",
     "ensure_tiny_checkpoint",
     "estimate_memory_bytes",
+    "family_kit",
     "fill_random_weights",
     "framefusion_cache_dir",
     "list_aliases",
@@ -45,4 +48,5 @@ __all__ = [
     "load_model",
     "load_shape",
     "parse_model_spec",
+    "tiny_families",
 ]

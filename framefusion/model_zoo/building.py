@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from framefusion.errors import InputError
-from framefusion.model_zoo.families import FamilyKit, family_kit
+from framefusion.model_zoo.kit import FamilyKit, family_kit
 from framefusion.model_zoo.tokenizer import build_tokenizer
 
 if TYPE_CHECKING:

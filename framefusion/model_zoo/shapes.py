@@ -1,19 +1,20 @@
 """Random weights at the real shape of published models, for speed benchmarks without downloads.
 
-Each shapes/<name>.json holds a published model's architecture (its config.json numbers, no weights),
-the processor settings that decide how many tokens a video becomes, the hub id it copies, and its
-parameter count. Compute does not depend on weight values, so timings on these match the real model.
-Before allocating anything the memory need is compared with what the device has.
+Each shape is a JSON file its family ships (shapes/<name>.json in the family's package under framefusion/families/,
+see Family.shape_files()) that holds a published model's architecture (its config.json numbers, no weights), the
+processor settings that decide how many tokens a video becomes, the hub id it copies, and its parameter count.
+Compute does not depend on weight values, so timings on these match the real model. Before allocating anything
+the memory need is compared with what the device has.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from framefusion.errors import InputError
+from framefusion.families import registered_families
 from framefusion.model_zoo.building import (
     Blueprint,
     instantiate_random_model,
@@ -21,9 +22,11 @@ from framefusion.model_zoo.building import (
     make_processor,
     make_tokenizer,
 )
-from framefusion.model_zoo.families import family_kit
+from framefusion.model_zoo.kit import family_kit
 
 if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
     import torch
     from transformers import PreTrainedModel, ProcessorMixin
 
@@ -50,17 +53,25 @@ class ModelShape:
 
 
 def list_shapes() -> tuple[str, ...]:
-    """Names of the shipped shapes, sorted, e.g. ("llava-onevision-qwen2-0.5b", ..., "qwen2.5-vl-7b")."""
-    folder = resources.files("framefusion.model_zoo") / "shapes"
-    return tuple(sorted(entry.name.removesuffix(".json") for entry in folder.iterdir() if entry.name.endswith(".json")))
+    """Names of the shapes the registered families ship, sorted, e.g. ("llava-onevision-qwen2-0.5b", ...)."""
+    return tuple(sorted(_shape_files()))
 
 
 def load_shape(name: str) -> ModelShape:
     """The shape called `name`; InputError listing the shipped ones otherwise."""
-    if name not in list_shapes():
-        raise InputError(f"unknown model shape {name!r}: use one of {', '.join(list_shapes())}")
-    text = (resources.files("framefusion.model_zoo") / "shapes" / f"{name}.json").read_text(encoding="utf-8")
-    return ModelShape(**json.loads(text))
+    files = _shape_files()
+    if name not in files:
+        raise InputError(f"unknown model shape {name!r}: use one of {', '.join(sorted(files))}")
+    return ModelShape(**json.loads(files[name].read_text(encoding="utf-8")))
+
+
+def _shape_files() -> dict[str, Traversable]:
+    """Shape name -> its JSON file, over every registered family (a name an earlier family ships stays its)."""
+    files: dict[str, Traversable] = {}
+    for family in registered_families():
+        for file in family.shape_files():
+            files.setdefault(file.name.removesuffix(".json"), file)
+    return files
 
 
 def estimate_memory_bytes(parameter_count: int, dtype: torch.dtype) -> int:

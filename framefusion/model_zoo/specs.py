@@ -1,9 +1,10 @@
 """What a user may write to name a model, parsed and checked before anything is loaded.
 
 Forms, tried in this order:
-  random:tiny-<family>   a tiny random checkpoint built offline (families: see TINY_FAMILIES)
+  random:tiny-<family>   a tiny random checkpoint built offline (families: see tiny_families())
   random:<shape>         random weights at the real shape of a published model (see list_shapes())
-  <alias>                a short name for a hub model, e.g. qwen2-vl-2b -> Qwen/Qwen2-VL-2B-Instruct
+  <alias>                a short name for a hub model, e.g. qwen2-vl-2b -> Qwen/Qwen2-VL-2B-Instruct (each family
+                         names its published checkpoints: Family.aliases)
   <directory>            a local folder saved with save_pretrained (must hold config.json)
   <owner>/<name>         a Hugging Face hub id
 Parsing is cheap: no torch or transformers import, no network.
@@ -15,35 +16,14 @@ import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 from framefusion.errors import InputError
-from framefusion.model_zoo.families import TINY_FAMILIES
+from framefusion.families import all_aliases, default_model
+from framefusion.model_zoo.kit import tiny_families
 from framefusion.model_zoo.shapes import list_shapes, load_shape
 
 RANDOM_PREFIX = "random:"
 TINY_PREFIX = "tiny-"
-
-# Short names for the published checkpoints of the supported families (hub ids checked on the hub; the
-# Qwen3-VL, LLaVA-NeXT-Video, InternVL3 and SmolVLM2 ids are those transformers 5.23's own docs and tests use).
-ALIASES = MappingProxyType(
-    {
-        "llava-onevision-0.5b": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-        "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-        "llava-video-7b-qwen2": "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-        "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
-        "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
-        "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
-        "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-        "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
-        "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
-        "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
-        "llava-next-video-7b": "llava-hf/LLaVA-NeXT-Video-7B-hf",
-        "internvl3-1b": "OpenGVLab/InternVL3-1B-hf",
-        "internvl3-8b": "OpenGVLab/InternVL3-8B-hf",
-        "smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
-    }
-)
 
 # owner/name, each part starting with a letter or digit; the hub allows letters, digits, "-", "_", ".".
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -101,8 +81,8 @@ class RandomModelInfo:
 
 
 def list_aliases() -> dict[str, str]:
-    """Alias -> hub id, sorted by alias."""
-    return dict(sorted(ALIASES.items()))
+    """Alias -> hub id of every registered family's published checkpoints, sorted by alias."""
+    return dict(sorted(all_aliases().items()))
 
 
 def list_random_models() -> list[RandomModelInfo]:
@@ -114,7 +94,7 @@ def list_random_models() -> list[RandomModelInfo]:
             parameter_count=None,
             description=f"tiny random {family} checkpoint built offline, for tests and demos",
         )
-        for family in TINY_FAMILIES
+        for family in tiny_families()
     ]
     shaped = []
     for name in list_shapes():
@@ -144,13 +124,13 @@ def parse_model_spec(text: str) -> ModelSpec:
     path = Path(stripped).expanduser()
     if _is_model_directory(path):
         return ModelSpec(SpecKind.LOCAL, str(path.resolve()), text)
-    alias_target = ALIASES.get(stripped.lower())
+    alias_target = all_aliases().get(stripped.lower())
     if alias_target is not None:
         return ModelSpec(SpecKind.HUB, alias_target, text)
     if path.exists():
         raise InputError(
             f"{text!r} is not a model directory (no config.json in it): pass a folder saved with "
-            "save_pretrained, a hub id such as Qwen/Qwen2-VL-2B-Instruct, or a random:tiny-* model"
+            f"save_pretrained, a hub id such as {_example_hub_id()}, or a random:tiny-* model"
         )
     if _looks_like_path(stripped):
         raise InputError(f"model directory {text!r} does not exist: check the path, or pass a hub id or alias")
@@ -161,14 +141,15 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 def _parse_random(name: str, text: str) -> ModelSpec:
     name = name.strip().lower()
-    if name.startswith(TINY_PREFIX) and name[len(TINY_PREFIX) :] in TINY_FAMILIES:
+    if name.startswith(TINY_PREFIX) and name[len(TINY_PREFIX) :] in tiny_families():
         return ModelSpec(SpecKind.TINY, name[len(TINY_PREFIX) :], text)
     if name in list_shapes():
         return ModelSpec(SpecKind.SHAPE, name, text)
     # random:<alias> works when the alias names a published model whose shape is shipped.
     shape_by_source = {load_shape(shape).source: shape for shape in list_shapes()}
-    if ALIASES.get(name) in shape_by_source:
-        return ModelSpec(SpecKind.SHAPE, shape_by_source[ALIASES[name]], text)
+    aliases = all_aliases()
+    if aliases.get(name) in shape_by_source:
+        return ModelSpec(SpecKind.SHAPE, shape_by_source[aliases[name]], text)
     raise InputError(f"unknown random model {text!r}: use one of {', '.join(_random_names())}")
 
 
@@ -185,8 +166,13 @@ def _random_names() -> list[str]:
     return [info.spec for info in list_random_models()]
 
 
+def _example_hub_id() -> str:
+    """The hub id of the default model, to show what a hub id looks like."""
+    return all_aliases()[default_model()]
+
+
 def _valid_forms() -> str:
     return (
-        f"use an alias ({', '.join(ALIASES)}), a hub id such as Qwen/Qwen2-VL-2B-Instruct, "
+        f"use an alias ({', '.join(all_aliases())}), a hub id such as {_example_hub_id()}, "
         f"a local model directory, or one of {', '.join(_random_names())}"
     )

@@ -8,10 +8,13 @@ image are separated by markers alone (shorter gaps) and never count as frames.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from framefusion.adapters.base import FamilyAdapter, VideoInputs, video_token_runs
+from framefusion.families.base import Family, VideoInputs, video_token_runs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # Longest label between two frames, in tokens; generous, a frame label is a handful of tokens.
 MAX_FRAME_GAP = 32
@@ -40,6 +43,8 @@ def frame_patch_types(
     is_image: torch.Tensor, tokens_per_frame: int, min_gap: int, max_gap: int = MAX_FRAME_GAP
 ) -> torch.Tensor | None:
     """[L] patch types (0 ... P-1 within each frame, a new range per video, -1 elsewhere), or None without video."""
+    import torch
+
     videos = frame_groups(is_image, tokens_per_frame, min_gap, max_gap)
     if not videos:
         return None
@@ -51,7 +56,7 @@ def frame_patch_types(
     return patch_types
 
 
-class FramesAsImagesAdapter(FamilyAdapter):
+class FramesAsImagesFamily(Family):
     """Base of the families whose processor writes each frame as an image (InternVL, SmolVLM).
 
     Subclasses set `min_frame_gap` (shortest label between two frames, longer than any gap between tiles of one

@@ -1,21 +1,43 @@
-"""MiniCPM-V: why the transformers-native classes are refused.
+"""MiniCPM-V: registered only to refuse the transformers-native classes, with the reason.
 
 transformers 5.23 ships MiniCPM-V 4.6 and 4.7 (`minicpmv4_6`, `minicpmv4_7`; also `minicpm_ocr`), and all three
 put a Qwen3.5 language model (`qwen3_5_text`) under the vision encoder: a hybrid stack in which three layers in
 four are Gated DeltaNet linear attention with a recurrent state and only every fourth is softmax attention with a
 KV cache. FrameFusion's per-layer reduction assumes every layer attends over a KV cache it can shorten and whose
 last queries rate importance; a recurrent layer has neither (its state already mixes every token it has seen).
+The same holds for any model whose language stack is hybrid, so this family catches those too.
 MiniCPM-V 2.6, the version the FrameFusion paper evaluates, is a standard attention stack but needs remote code
 (trust_remote_code) and is not a transformers-native class.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from framefusion.errors import InputError
+from framefusion.families.base import Family
 
-REFUSED_MODEL_TYPES = ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class MiniCPMV(Family):
+    name = "minicpm-v"
+    model_types = ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+    rank = 80
+    refuses = True
+
+    def matches(self, model: nn.Module) -> bool:
+        return super().matches(model) or bool(recurrent_layer_types(model))
+
+    def refuse(self, model: nn.Module) -> None:
+        kinds = ", ".join(recurrent_layer_types(model)) or "linear attention"
+        name = f"{type(model).__name__} (model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r})"
+        raise InputError(
+            f"FrameFusion cannot run on {name}: its language model is a hybrid stack whose layers are mostly {kinds} "
+            "with a recurrent state, so there is no per-layer KV cache to shorten and no attention to rate tokens by; "
+            "use a model with a standard attention stack (see docs/adding-a-model.md)"
+        )
 
 
 def recurrent_layer_types(model: nn.Module) -> list[str]:
@@ -26,17 +48,5 @@ def recurrent_layer_types(model: nn.Module) -> list[str]:
     return sorted({kind for kind in layer_types if "linear" in kind})
 
 
-def refuse_hybrid_stack(model: nn.Module) -> None:
-    """InputError saying why, when `model` is a MiniCPM-V class or any model whose language stack is hybrid."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    recurrent = recurrent_layer_types(model)
-    if model_type not in REFUSED_MODEL_TYPES and not recurrent:
-        return
-    kinds = ", ".join(recurrent) or "linear attention"
-    name = f"{type(model).__name__} (model_type {model_type!r})"
-    raise InputError(
-        f"FrameFusion cannot run on {name}: its language model is a hybrid stack whose layers are mostly {kinds} "
-        "with a recurrent state, so there is no per-layer KV cache to shorten and no attention to rate tokens by; "
-        "use a model with a standard attention stack (see docs/adding-a-model.md)"
-    )
+# What the `framefusion.families` entry point names.
+minicpm_v = MiniCPMV()
