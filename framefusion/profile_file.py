@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
+from framefusion import profile_stages
 from framefusion.errors import ProfileError
 
 METHODS = ("none", "framefusion", "merge-only", "prune-only")
@@ -35,7 +36,7 @@ SETTING_DEFAULTS: dict[str, object] = {
     "ratio_lower_bound": 0.1,
     "dense_layers": 2,
 }
-PROFILE_KEYS = ("description", "method", *SETTING_DEFAULTS)
+PROFILE_KEYS = ("description", "method", *SETTING_DEFAULTS, "stages")
 
 MAX_FILE_BYTES = 256 * 1024
 # Deeper nesting has no meaning in a profiles file; the limit keeps PyYAML's recursive composer far from Python's
@@ -295,17 +296,11 @@ def check_profile_name(name: object, source: str, line: int | None = None) -> st
 
 
 def _profile_settings(name: str, settings: object, source: str, line: int | None) -> dict[str, Any]:
-    """One profile's validated settings: every key of PROFILE_KEYS, None for those its method does not take."""
+    """One profile's validated settings: every key of PROFILE_KEYS but `stages`, None for those its method does not
+    take, plus `max_difference` and `evs_pruning_rate` (None: no frame-dedup / EVS stage)."""
     if not isinstance(settings, dict):
         raise file_error(source, f"must be a mapping of settings (description, method, ...), got {_describe(settings)}",
                          line=line, profile=name)
-
-    def validated(key: str) -> Any:
-        try:
-            return _VALIDATORS[key](settings[key])
-        except _InvalidValue as invalid:
-            raise file_error(source, str(invalid), line=_line_of(settings, key), profile=name, key=key) from None
-
     for key in settings:
         if key not in PROFILE_KEYS:
             known = ", ".join(PROFILE_KEYS)
@@ -313,14 +308,59 @@ def _profile_settings(name: str, settings: object, source: str, line: int | None
                              line=_line_of(settings, key), profile=name, key=key)
     if "description" not in settings:
         raise file_error(source, "is missing; add a one-line description", line=line, profile=name, key="description")
-    values = {"description": validated("description"),
-              "method": validated("method") if "method" in settings else DEFAULT_METHOD}
+    try:
+        description = _VALIDATORS["description"](settings["description"])
+    except _InvalidValue as invalid:
+        raise file_error(source, str(invalid), line=_line_of(settings, "description"), profile=name,
+                         key="description") from None
+    flat = {key: value for key, value in settings.items() if key != "description"}
+    if "stages" not in flat:
+        values = _method_settings(name, settings, source, line)
+        return {"description": description, **values, "max_difference": None, "evs_pruning_rate": None}
+    if len(flat) > 1:
+        other = next(key for key in flat if key != "stages")
+        raise file_error(source, "goes inside the framefusion stage when a profile lists stages",
+                         line=_line_of(settings, other), profile=name, key=other)
+    number = _finite_number_checked
+    try:
+        values = profile_stages.parse_stages(
+            flat["stages"], number=number,
+            framefusion_settings=lambda stage: _method_settings(name, stage, source, _line_of(settings, "stages")))
+    except profile_stages.StageError as error:
+        raise file_error(source, str(error), line=_line_of(settings, "stages"), profile=name, key="stages") from None
+    for key in SETTING_DEFAULTS:
+        values.setdefault(key, None)
+    return {"description": description, **values}
+
+
+def _finite_number_checked(value: object) -> float:
+    try:
+        return _finite_number(value)
+    except _InvalidValue as invalid:
+        raise profile_stages.StageError(str(invalid)) from None
+
+
+def _method_settings(name: str, settings: dict, source: str, line: int | None) -> dict[str, Any]:
+    """`method` and the settings it takes (defaults filled, None for the settings it does not take); a
+    `description` key among the settings is left to the caller."""
+    def validated(key: str) -> Any:
+        try:
+            return _VALIDATORS[key](settings[key])
+        except _InvalidValue as invalid:
+            raise file_error(source, str(invalid), line=_line_of(settings, key) or line, profile=name,
+                             key=key) from None
+
+    for key in settings:
+        if key not in _VALIDATORS:
+            raise file_error(source, f"unknown key{did_you_mean(key, PROFILE_KEYS)}", line=_line_of(settings, key)
+                             or line, profile=name, key=key)
+    values = {"method": validated("method") if "method" in settings else DEFAULT_METHOD}
     applicable = METHOD_SETTINGS[values["method"]]
     for key in settings:
-        if key not in ("description", "method") and key not in applicable:
+        if key not in ("method", "description") and key not in applicable:
             users = [method for method, keys in METHOD_SETTINGS.items() if key in keys]
             raise file_error(source, f"does not apply to method {values['method']!r} (only to {', '.join(users)}); "
-                             "remove it", line=_line_of(settings, key), profile=name, key=key)
+                             "remove it", line=_line_of(settings, key) or line, profile=name, key=key)
     for key, default in SETTING_DEFAULTS.items():
         values[key] = (validated(key) if key in settings else default) if key in applicable else None
     return values

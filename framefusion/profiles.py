@@ -44,19 +44,51 @@ class Profile:
     ratio_lower_bound: float | None
     dense_layers: int | None
     source: str
+    # Stages outside the LLM (None: not in this profile): frame-dedup's max RGB difference, EVS's pruning rate.
+    max_difference: float | None = None
+    evs_pruning_rate: float | None = None
 
     def reduction_kwargs(self) -> dict | None:
-        """Keyword arguments for `apply_framefusion(model, **kwargs)`; None when nothing is reduced."""
-        if self.method == "none":
+        """Keyword arguments for `apply_framefusion(model, **kwargs)` (the stages before and inside the LLM); None
+        when nothing there is reduced (frame-dedup, before the vision encoder, changes nothing the LLM sees)."""
+        if self.method == "none" and self.evs_pruning_rate is None:
             return None
         kwargs = {key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}
         kwargs["merge"] = self.method in ("framefusion", "merge-only")
         kwargs["prune"] = self.method in ("framefusion", "prune-only")
+        if self.evs_pruning_rate is not None:
+            kwargs["evs_pruning_rate"] = self.evs_pruning_rate
         return kwargs
 
+    def stages(self) -> list[dict]:
+        """The profile as its ordered stages, each a mapping as a profiles file spells it."""
+        stages = []
+        if self.max_difference is not None:
+            stages.append({"kind": "frame-dedup", "max_difference": self.max_difference})
+        if self.evs_pruning_rate is not None:
+            stages.append({"kind": "evs", "pruning_rate": self.evs_pruning_rate})
+        if self.method != "none":
+            stages.append({"kind": "framefusion", "method": self.method,
+                           **{key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}})
+        return stages
+
+    def pre_vision_stages(self) -> list[dict]:
+        """The stages before the vision encoder (they change the features: part of the feature cache's key)."""
+        return [stage for stage in self.stages() if stage["kind"] == "frame-dedup"]
+
     def settings(self) -> dict:
-        """The method and the settings that apply to it, as a profile file would spell them."""
-        return {"method": self.method, **{key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}}
+        """The method and the settings that apply to it, plus the stages when the profile has any outside the LLM
+        (for listings and JSON reports)."""
+        settings = {"method": self.method, **{key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}}
+        if self.max_difference is not None or self.evs_pruning_rate is not None:
+            settings["stages"] = self.stages()
+        return settings
+
+    def file_settings(self) -> dict:
+        """The settings as a profiles file spells them: the flat form, or the stages when there are any outside the
+        LLM (the two forms do not mix)."""
+        settings = self.settings()
+        return {"stages": settings["stages"]} if "stages" in settings else settings
 
 
 def parse_profiles(document: object, source: str) -> dict[str, Profile]:

@@ -57,8 +57,18 @@ def profile_error(tmp_path: Path, text: str) -> str:
 
 def test_builtins_have_the_documented_settings():
     profiles = load_profiles()
-    assert list(profiles) == ["baseline", "framefusion", "framefusion-fast", "merge-only", "prune-only"]
+    assert list(profiles) == ["baseline", "dedup", "evs", "framefusion", "framefusion-fast", "merge-only",
+                              "prune-only", "evs-framefusion"]
     assert all(p.source == "built-in" and p.description for p in profiles.values())
+    # Stages outside the LLM: frame-dedup changes nothing the LLM sees, EVS runs in the runtime before layer 0.
+    assert profiles["dedup"].reduction_kwargs() is None and profiles["dedup"].max_difference == 0
+    assert profiles["evs"].reduction_kwargs() == {"merge": False, "prune": False, "evs_pruning_rate": 0.75}
+    assert [stage["kind"] for stage in profiles["evs-framefusion"].stages()] == ["frame-dedup", "evs", "framefusion"]
+    assert profiles["evs-framefusion"].reduction_kwargs() == {
+        "cost": 0.3, "similarity_lower_bound": None, "ratio_lower_bound": 0.1, "merge": True, "prune": True,
+        "evs_pruning_rate": 0.5,
+    }
+    assert profiles["framefusion"].max_difference == 0  # exact dedup: lossless, so the default profile has it
 
     assert profiles["baseline"].reduction_kwargs() is None
     assert profiles["baseline"].settings() == {"method": "none"}
@@ -100,9 +110,9 @@ def test_reduction_kwargs_fit_apply_framefusion():
 
 
 def test_settings_round_trip_through_a_file(tmp_path):
-    """What `settings()` shows, written back with the description, loads as the same profile."""
+    """What `file_settings()` gives, written back with the description, loads as the same profile."""
     builtins = load_profiles()
-    document = {"profiles": {name: {"description": p.description, **p.settings()} for name, p in builtins.items()}}
+    document = {"profiles": {name: {"description": p.description, **p.file_settings()} for name, p in builtins.items()}}
     path = tmp_path / "copy.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     reloaded = read_profiles_file(path)
@@ -137,7 +147,8 @@ def check_user_profiles(profiles: dict[str, Profile], path: Path) -> None:
     added = profiles["prune-deep"]
     assert added.reduction_kwargs() == {"cost": 0.4, "dense_layers": 4, "merge": False, "prune": True}
     assert profiles["baseline"].source == "built-in"
-    assert list(profiles)[:5] == ["baseline", "framefusion", "framefusion-fast", "merge-only", "prune-only"]
+    assert list(profiles)[:8] == ["baseline", "dedup", "evs", "framefusion", "framefusion-fast", "merge-only",
+                                  "prune-only", "evs-framefusion"]
 
 
 def test_user_file_in_xdg_config_home_overrides_and_adds(isolated_config):
@@ -200,7 +211,7 @@ def test_unknown_profile_lists_the_available_ones():
     message = str(raised.value)
     assert "unknown profile 'framefusion-fats'" in message
     assert "did you mean 'framefusion-fast'" in message
-    assert "baseline, framefusion, framefusion-fast, merge-only, prune-only" in message
+    assert "baseline, dedup, evs, framefusion, framefusion-fast, merge-only, prune-only, evs-framefusion" in message
     assert isinstance(raised.value, InputError)
 
 
@@ -461,3 +472,58 @@ def test_fuzz_structures(fuzz_file, document):
         assert "\n" not in str(error)
     fuzz_file.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8", errors="surrogatepass")
     load_or_profile_error(fuzz_file)
+
+
+# --- stages ----------------------------------------------------------------------------------------------------------
+STAGED = """profiles:
+  staged:
+    description: Every stage.
+    stages:
+      - kind: frame-dedup
+        max_difference: 2.5
+      - kind: evs
+        pruning_rate: 0.6
+      - kind: framefusion
+        method: merge-only
+        cost: 0.4
+"""
+
+
+def test_a_staged_profile_loads_and_round_trips(tmp_path):
+    path = write(tmp_path / "staged.yaml", STAGED)
+    profile = get_profile("staged", path)
+    assert (profile.max_difference, profile.evs_pruning_rate, profile.method, profile.cost) == (2.5, 0.6, "merge-only",
+                                                                                                 0.4)
+    assert profile.reduction_kwargs() == {"cost": 0.4, "similarity_lower_bound": None, "ratio_lower_bound": 0.1,
+                                          "merge": True, "prune": False, "evs_pruning_rate": 0.6}
+    again = write(tmp_path / "again.yaml", yaml.safe_dump(
+        {"profiles": {"staged": {"description": "again", **profile.file_settings()}}}))
+    assert get_profile("staged", again).stages() == profile.stages()
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ("[{kind: blur}]", "unknown kind 'blur'"),
+    ("[{kind: evs, pruning_rate: 1}]", "0 <= pruning_rate < 1"),
+    ("[{kind: evs, pruning_rate: -0.1}]", "0 <= pruning_rate < 1"),
+    ("[{kind: framefusion}, {kind: evs}]", "cannot come after framefusion"),
+    ("[{kind: evs}, {kind: frame-dedup}]", "cannot come after evs"),
+    ("[{kind: evs}, {kind: evs}]", "cannot come after evs"),
+    ("[{kind: frame-dedup, max_difference: 300}]", "[0, 255]"),
+    ("[{kind: evs, rate: 0.5}]", "unknown setting for evs"),
+    ("[{kind: framefusion, cost: 2}]", "0 < cost <= 1"),
+    ("{kind: evs}", "must be a list of stages"),
+])
+def test_bad_stages_are_one_line_errors_naming_file_profile_and_key(tmp_path, stages, expected):
+    path = write(tmp_path / "bad.yaml", f"profiles:\n  broken:\n    description: d\n    stages: {stages}\n")
+    with pytest.raises(ProfileError) as raised:
+        get_profile("broken", path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}, line 4: profile 'broken': key '") and "\n" not in message
+    assert expected in message
+
+
+def test_stages_and_flat_settings_do_not_mix(tmp_path):
+    path = write(tmp_path / "mixed.yaml",
+                 "profiles:\n  mixed:\n    description: d\n    method: framefusion\n    stages: []\n")
+    with pytest.raises(ProfileError, match="key 'method': goes inside the framefusion stage"):
+        get_profile("mixed", path)
