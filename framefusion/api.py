@@ -8,7 +8,8 @@ from torch import nn
 
 from framefusion import transformers_compat as compat
 from framefusion.families import Family, family_for
-from framefusion.runtime import FrameFusionRuntime, FrameFusionSettings, FrameFusionStats
+from framefusion.reduction import FrameFusionSettings, FrameFusionStats
+from framefusion.runtime import FrameFusionRuntime
 
 _ATTRIBUTE = "_framefusion_handle"
 

@@ -13,7 +13,7 @@ from framefusion import apply_framefusion, core, remove_framefusion
 from framefusion.families import family_for
 from framefusion.errors import InputError
 from framefusion.model_zoo import load_model, parse_model_spec
-from framefusion.runtime import MergedRows
+from framefusion.reduction import MergedRows
 
 from cache_check import assert_cached_equals_recomputed
 

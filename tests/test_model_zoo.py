@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -238,10 +237,13 @@ def test_shape_config_keeps_its_vocabulary_and_uses_the_generated_token_ids(name
 
 def test_too_large_shape_is_refused_before_allocating(monkeypatch):
     monkeypatch.setattr(shapes, "available_memory_bytes", lambda device: 24 * 10**9)
-    started = time.perf_counter()
+
+    def never_built(*args, **kwargs):
+        raise AssertionError("the model was built although it cannot fit")
+
+    monkeypatch.setattr(shapes, "instantiate_random_model", never_built)
     with pytest.raises(InputError) as refusal:
         load_model("random:qwen2.5-vl-7b", dtype=torch.float32, device="cpu")
-    assert time.perf_counter() - started < 0.5
     message = str(refusal.value)
     assert "\n" not in message
     assert "GB" in message and "float32" in message
@@ -257,10 +259,7 @@ def test_memory_estimate_counts_weights_in_the_dtype_plus_a_margin():
 @pytest.mark.slow
 def test_real_shape_model_builds_fast_and_generates(monkeypatch):
     monkeypatch.setenv("FRAMEFUSION_CACHE", "/nonexistent")  # real shapes never touch the cache
-    started = time.perf_counter()
     loaded = load_model("random:llava-onevision-qwen2-0.5b", dtype=torch.float32, device="cpu")
-    build_seconds = time.perf_counter() - started
-    assert build_seconds < 60
     parameters = sum(p.numel() for p in loaded.model.parameters())
     assert parameters == load_shape("llava-onevision-qwen2-0.5b").parameter_count
     inputs = video_inputs(loaded.processor, moving_square_frames(num_frames=2))

@@ -1,0 +1,244 @@
+"""The state of one prefill under FrameFusion: which original positions are still present, what each step did,
+and the budget. Pure bookkeeping over tensors; the runtime (framefusion/runtime.py) calls it from the decoder layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from framefusion import core
+
+
+@dataclass(frozen=True)
+class FrameFusionSettings:
+    cost: float
+    similarity_lower_bound: float
+    ratio_lower_bound: float
+    merge: bool = True
+    prune: bool = True
+    # prune-only (merge=False): layers that see every video token before the one prune step.
+    dense_layers: int = 2
+    importance_queries: int = 1
+    # EVS before the LLM: the fraction of video tokens dropped before layer 0 (0: off). FrameFusion's budget then
+    # applies to the tokens EVS kept; the achieved cost is still counted against the unreduced prompt.
+    evs_pruning_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReductionStep:
+    """One reduction step and the tokens before and after it: kind "merge" or "prune" inside the LLM (at `layer`,
+    where "before_attention" or "after_attention"), or "evs" before it (layer None, where "before_llm")."""
+
+    layer: int | None
+    kind: str
+    where: str
+    tokens_before: int
+    tokens_after: int
+    video_tokens_before: int
+    video_tokens_after: int
+
+
+@dataclass
+class FrameFusionStats:
+    """What the last prefill did. All token counts are for the whole sequence (text + video) unless named video."""
+
+    prompt_tokens: int = 0
+    video_tokens: int = 0
+    tokens_per_layer: list[int] = field(default_factory=list)
+    video_tokens_per_layer: list[int] = field(default_factory=list)
+    kept_positions: list[int] = field(default_factory=list)
+    steps: list[ReductionStep] = field(default_factory=list)
+    requested_cost: float = 1.0
+    achieved_cost: float = 1.0
+    # Seconds spent in FrameFusion's own work (similarity, merging, importance, bookkeeping); measured with device
+    # synchronisation only when the runtime's `measure_overhead` is set (the benchmark sets it).
+    overhead_seconds: float = 0.0
+
+    @property
+    def final_tokens(self) -> int:
+        return len(self.kept_positions)
+
+    @property
+    def reduced(self) -> bool:
+        return bool(self.steps) and self.final_tokens < self.prompt_tokens
+
+
+class MergedRows:
+    """For every token still present, the original positions whose rows it averages, with their weights (sparse).
+
+    Merging averages hidden states, so anything added per position later (Qwen3-VL's DeepStack features) must be
+    averaged the same way for the merged token: a merged token gets sum(weight * row of source). Entries, each [E]:
+    `token` (current index), `source` (original position), `weight`; at most one entry per original position.
+    """
+
+    def __init__(self, length: int, device: torch.device):
+        self.token = torch.arange(length, device=device)
+        self.source = torch.arange(length, device=device)
+        self.weight = torch.ones(length, device=device)
+
+    def fold(self, length: int, positions_by_patch: torch.Tensor, merge_by_patch: torch.Tensor) -> None:
+        """Move merged tokens' entries to their anchors and divide every anchor's entries by (members + 1).
+
+        The same anchors and plain mean as core.merge_tokens; positions_by_patch, merge_by_patch: [V]; length: L.
+        """
+        anchor_index, run_lengths = core.merge_anchors(merge_by_patch)
+        destination = torch.arange(length, device=positions_by_patch.device)
+        destination[positions_by_patch] = positions_by_patch[anchor_index]
+        divisor = torch.ones(length, device=positions_by_patch.device)
+        divisor[positions_by_patch] = (run_lengths + 1).to(divisor.dtype)
+        self.token = destination[self.token]
+        self.weight = self.weight / divisor[self.token]
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Drop the entries of removed tokens and renumber the rest. keep: [L] bool over the current tokens."""
+        new_index = torch.cumsum(keep.long(), dim=0) - 1
+        kept = keep[self.token]
+        self.token = new_index[self.token[kept]]
+        self.source = self.source[kept]
+        self.weight = self.weight[kept]
+
+    def combine(self, length: int, source_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Per current token, the weighted sum of `rows` over its sources: [length, d].
+
+        source_mask: [L_original] bool, the original positions that own a row; rows: [source_mask.sum(), d], in
+        position order (as DeepStack's visual_pos_masks and embeddings).
+        """
+        row_of_position = torch.cumsum(source_mask.long(), dim=0) - 1
+        has_row = source_mask[self.source]
+        weighted = rows[row_of_position[self.source[has_row]]] * self.weight[has_row, None].to(rows.dtype)
+        return rows.new_zeros(length, rows.shape[-1]).index_add_(0, self.token[has_row], weighted)
+
+
+class PrefillReduction:
+    """The state of one prefill: which original positions are still present, their patch types, the budget."""
+
+    def __init__(self, settings: FrameFusionSettings, patch_types: torch.Tensor, num_layers: int, measure: bool,
+                 track_merged_rows: bool = False):
+        self.settings = settings
+        self.num_layers = num_layers
+        self.patch_types = patch_types  # [L_current]
+        self.positions = torch.arange(patch_types.numel(), device=patch_types.device)  # [L_current] original indices
+        self.original_length = patch_types.numel()
+        self.video_tokens = int((patch_types >= 0).sum())
+        self.num_video = self.video_tokens
+        self.sparsities: list[float] = []
+        self.merging_finished = not settings.merge
+        self.pruning_finished = not settings.prune
+        self.stats = FrameFusionStats(
+            prompt_tokens=self.original_length, video_tokens=self.video_tokens, requested_cost=settings.cost
+        )
+        self.measure = measure
+        self._sliced_cache: dict[tuple[int, int], Any] = {}  # (id of the full tensor, dim) -> (tensor, rows)
+        # Only families that add per-position features inside the stack (Qwen3-VL's DeepStack) need it.
+        self.merged_rows = MergedRows(self.original_length, patch_types.device) if track_merged_rows else None
+
+    # --- bookkeeping -------------------------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return self.positions.numel()
+
+    def _keep(self, keep: torch.Tensor) -> None:
+        self.positions = self.positions[keep]
+        self.patch_types = self.patch_types[keep]
+        if self.merged_rows is not None:
+            self.merged_rows.keep(keep)
+        # Counted once per step, not per layer: reading a count from the GPU waits for all queued work.
+        self.num_video = int((self.patch_types >= 0).sum())
+        self._sliced_cache.clear()
+
+    def take_rows(self, tensor: Any, dim: int) -> Any:
+        """The rows of the tokens still present, from a full-length tensor the text model passes to every layer."""
+        if tensor is None or self.length == self.original_length:
+            return tensor
+        if isinstance(tensor, tuple):
+            return tuple(self.take_rows(part, dim) for part in tensor)
+        if not isinstance(tensor, torch.Tensor) or tensor.shape[dim] != self.original_length:
+            return tensor
+        key = (id(tensor), dim)
+        cached = self._sliced_cache.get(key)
+        if cached is None or cached[0] is not tensor:
+            cached = (tensor, tensor.index_select(dim, self.positions.to(tensor.device)))
+            self._sliced_cache[key] = cached
+        return cached[1]
+
+    def take_mask(self, mask: Any) -> Any:
+        """A materialised mask cut to the tokens present: [B, 1, L, L] on rows and columns, or a [B, L] padding mask."""
+        if not isinstance(mask, torch.Tensor):
+            return mask
+        if mask.dim() == 4:
+            return self.take_rows(self.take_rows(mask, 2), 3)
+        return self.take_rows(mask, mask.dim() - 1)
+
+    def record_layer(self) -> None:
+        self.stats.tokens_per_layer.append(self.length)
+        self.stats.video_tokens_per_layer.append(self.num_video)
+
+    def _record_step(self, layer: int | None, kind: str, where: str, before: tuple[int, int]) -> None:
+        self.stats.steps.append(
+            ReductionStep(layer, kind, where, before[0], self.length, before[1], self.num_video)
+        )
+
+    # --- steps -------------------------------------------------------------------------------------------------
+    def wants_importance(self, layer: int) -> bool:
+        """Whether the step after this layer's attention is the prune step (it needs this layer's q and k)."""
+        if self.pruning_finished or layer >= self.num_layers - 1:
+            return False
+        if not self.settings.merge:
+            return layer == self.settings.dense_layers - 1
+        return self.merging_finished
+
+    def evs_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """EVS before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
+        before = (self.length, self.num_video)
+        keep = core.evs_keep_by_patch(hidden_states[0], self.patch_types, self.settings.evs_pruning_rate)
+        if not bool(keep.all()):
+            self._keep(keep)
+            hidden_states = hidden_states[:, keep]
+        self._record_step(None, "evs", "before_llm", before)
+        return hidden_states
+
+    def merge_step(self, hidden_states: torch.Tensor, layer: int, where: str) -> torch.Tensor:
+        """hidden_states [1, L, d] -> [1, L', d]."""
+        settings = self.settings
+        upper = core.required_sparsity(self.sparsities, self.num_layers, settings.cost)
+        positions_by_patch, similarity = core.similarity_to_previous_frame(hidden_states[0], self.patch_types)
+        plan = core.plan_merge(similarity, settings.similarity_lower_bound, settings.ratio_lower_bound, upper)
+        if not plan.pruning_finished:
+            self.sparsities.append(plan.ratio)
+        self.merging_finished = plan.merging_finished
+        self.pruning_finished = self.pruning_finished or plan.pruning_finished
+        before = (self.length, self.num_video)
+        merged, keep = core.merge_tokens(hidden_states[0], positions_by_patch, plan.merge_by_patch)
+        if not bool(keep.all()):
+            if self.merged_rows is not None:
+                self.merged_rows.fold(self.length, positions_by_patch, plan.merge_by_patch)
+            self._keep(keep)
+            hidden_states = merged[keep].unsqueeze(0)
+        self._record_step(layer, "merge", where, before)
+        return hidden_states
+
+    def prune_step(
+        self, hidden_states: torch.Tensor, layer: int, queries: torch.Tensor, keys: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        """Prune by the attention of the last queries. queries [H, q, hd], keys [H, L, hd], rotated."""
+        sparsities = self.sparsities if self.settings.merge else [0.0] * self.settings.dense_layers
+        sparsity = core.required_sparsity(sparsities, self.num_layers, self.settings.cost)
+        importance = core.last_query_importance(queries, keys, scaling)
+        keep = core.prune_keep_mask(importance, self.patch_types, sparsity)
+        self.pruning_finished = True
+        before = (self.length, self.num_video)
+        if not bool(keep.all()):
+            self._keep(keep)
+            hidden_states = hidden_states[:, keep]
+        self._record_step(layer, "prune", "after_attention", before)
+        return hidden_states
+
+    def finish(self) -> FrameFusionStats:
+        stats = self.stats
+        stats.kept_positions = self.positions.tolist()
+        if self.video_tokens and stats.video_tokens_per_layer:
+            stats.achieved_cost = sum(stats.video_tokens_per_layer) / (self.num_layers * self.video_tokens)
+        return stats
