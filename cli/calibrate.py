@@ -58,39 +58,28 @@ def calibrate(
     def work() -> None:
         from framefusion import calibrate as library
         from framefusion.api import minimum_cost
-        from framefusion.model_zoo import parse_model_spec
-        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
-        from framefusion.profiles import builtin_profiles, save_profile as write_profile
-        from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
+        from framefusion.preflight import RunSettings, check_run, open_run
+        from framefusion.profiles import save_profile as write_profile
         from framefusion_cli.plots import check_plot_path
 
-        # Everything that can be checked without the model is checked first.
-        if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
-            raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
-        frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
-        check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=start, end=end,
-                                 backend=backend)
+        # Everything that can be checked without the model is checked first (the same checks as ask).
+        paths = library.collect_videos(videos or [])
+        settings = RunSettings(
+            model=model, profile="baseline", revision=revision, frames=frames, fps=fps, max_frames=max_frames,
+            start=start, end=end, device=device, dtype=dtype, attn_implementation=attn, backend=backend,
+            trust_remote_code=trust_remote_code)
+        frame_count = settings.frame_count
         if frame_count is not None and frame_count < 2:
             raise InputError("calibration compares frames with the previous one: sample at least 2",
                              setting="frames", value=frame_count)
-        spec = parse_model_spec(model)
-        check_frame_count(getattr(spec, "family", None), frame_count)
-        paths = library.collect_videos(videos or [])
-        infos = [probe_video(path) for path in paths]
-        for info in infos:
-            check_frame_shape_for_model(info.width, info.height, info.path)
+        checked = check_run(settings, paths)
         if save_profile is not None:
             check_saved_profile(save_profile, cost, profiles_file)
         if plot is not None:
             check_plot_path(plot)
 
-        largest = max(infos, key=lambda info: info.width * info.height)
         log(f"loading {model} ...")
-        qa = open_video_qa(model, builtin_profiles()["baseline"], device=device, dtype=dtype,
-                           attn_implementation=attn, revision=revision, trust_remote_code=trust_remote_code,
-                           frames=frame_count if frame_count is not None else max_frames,
-                           frame_size=(largest.width, largest.height))
-        check_frame_count(qa.family, frame_count)
+        qa = open_run(checked)
         if save_profile is not None and cost < minimum_cost(qa.num_layers):
             raise InputError(f"too small for a model with {qa.num_layers} decoder layers: the saved profile could not "
                              f"run; use at least {minimum_cost(qa.num_layers):.3f}", setting="cost", value=cost)

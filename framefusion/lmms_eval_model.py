@@ -62,10 +62,7 @@ class FrameFusionLMM(lmms):
                  **unknown: Any) -> None:
         super().__init__()
         from framefusion.families import default_model
-        from framefusion.model_zoo import parse_model_spec
-        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
-        from framefusion.profiles import get_profile
-        from framefusion.video import check_sampling_arguments
+        from framefusion.preflight import RunSettings, check_run, open_run
 
         if unknown:
             raise InputError(
@@ -79,23 +76,20 @@ class FrameFusionLMM(lmms):
         if str(batch_size) != "1":
             _logger().warning(f"framefusion answers one prompt at a time (FrameFusion reduces one prompt per "
                               f"prefill); batch_size={batch_size} is ignored")
-        pretrained = default_model() if pretrained is None else pretrained
-        frames = _whole_number("frames", frames)
-        self.sampling = dict(
-            num_frames=frames if frames is not None or fps is not None else DEFAULT_FRAMES, fps=fps,
-            max_frames=_whole_number("max_frames", max_frames), start=start, end=end, backend=str(backend),
+        # The same settings, checks and loading as `framefusion ask` (framefusion.preflight).
+        self.settings = RunSettings(
+            model=str(default_model() if pretrained is None else pretrained), profile=str(profile),
+            profiles_file=Path(profiles_file) if profiles_file else None, revision=revision,
+            frames=_whole_number("frames", frames), fps=fps, max_frames=_whole_number("max_frames", max_frames),
+            start=start, end=end, device=str(device or "auto"), dtype=str(dtype), attn_implementation=str(attn),
+            backend=str(backend), trust_remote_code=bool(trust_remote_code),
+            reference_positions=bool(reference_positions),
         )
-        check_sampling_arguments(**self.sampling)
-        check_frame_count(parse_model_spec(str(pretrained)).family, self.sampling["num_frames"])
+        self.sampling = dict(num_frames=self.settings.frame_count, fps=fps, max_frames=self.settings.max_frames,
+                             start=start, end=end, backend=str(backend))
         self.system = system
         self.warmup = _whole_number("warmup", warmup)
-        chosen = get_profile(str(profile), Path(profiles_file) if profiles_file else None)
-        self.qa = open_video_qa(
-            str(pretrained), chosen, device=str(device or "auto"), dtype=str(dtype), attn_implementation=str(attn),
-            revision=revision, trust_remote_code=bool(trust_remote_code),
-            reference_positions=bool(reference_positions), frames=self.sampling["num_frames"] or self.sampling["max_frames"],
-        )
-        check_frame_count(self.qa.family, self.sampling["num_frames"])
+        self.qa = open_run(check_run(self.settings))
         # The last video's frames and vision features, reused by the next question about the same file.
         self._prepared: tuple[Any, Any] | None = None
 
