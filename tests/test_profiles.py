@@ -96,11 +96,9 @@ def test_profile_is_frozen():
 
 
 def test_reduction_kwargs_fit_apply_framefusion():
-    """Every built-in's keyword arguments bind to the real entry point (once it exists)."""
-    framefusion = pytest.importorskip("framefusion")
-    apply_framefusion = getattr(framefusion, "apply_framefusion", None)
-    if apply_framefusion is None:
-        pytest.skip("framefusion.apply_framefusion not available yet")
+    """Every built-in's keyword arguments bind to the real entry point."""
+    from framefusion import apply_framefusion
+
     signature = inspect.signature(apply_framefusion)
     for profile in load_profiles().values():
         kwargs = profile.reduction_kwargs()
