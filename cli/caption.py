@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from framefusion.errors import InputError
@@ -32,6 +37,19 @@ def caption(
         "--format", help="jsonl or csv (default: from --output's extension, else jsonl).")] = None,
     timeout: Annotated[Optional[float], typer.Option(
         help="Seconds allowed for one video (decoding and the model); a slower one gets an error record.")] = None,
+    engine: Annotated[str, typer.Option(
+        help="local: this process; ray: a pool of Ray workers, each with the model loaded (pip install "
+             "'framefusion[ray]').")] = "local",
+    workers: Annotated[Optional[int], typer.Option(
+        help="Ray workers (default: one per GPU with GPUs, else one per node).", show_default=False)] = None,
+    address: Annotated[Optional[str], typer.Option(
+        help="Join this Ray cluster (auto, or ray://host:10001) instead of starting a local instance.")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(
+        help="GPUs per Ray worker (default 1 when there are GPUs and --device is not cpu).",
+        show_default=False)] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(
+        help="CPUs per Ray worker, also its torch threads (default: this machine's CPUs split between the "
+             "workers; 1 on a cluster).", show_default=False)] = None,
     model: opt.ModelOption = opt.DEFAULT_MODEL,
     revision: opt.RevisionOption = None,
     profile: opt.ProfileOption = "framefusion",
@@ -71,6 +89,17 @@ def caption(
             raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
             raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
+        if engine not in ("local", "ray"):
+            raise InputError(f"unknown --engine {engine!r}: use local or ray")
+        ray_flags = {"--workers": workers, "--address": address, "--gpus-per-worker": gpus_per_worker,
+                     "--cpus-per-worker": cpus_per_worker}
+        if engine == "local" and any(value is not None for value in ray_flags.values()):
+            given = ", ".join(flag for flag, value in ray_flags.items() if value is not None)
+            raise InputError(f"{given}: only with --engine ray")
+        if engine == "ray":
+            from framefusion.caption_ray import import_ray
+
+            import_ray()  # says how to install it, before anything else
         frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
         check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=None, end=None,
                                  backend=backend)
@@ -92,6 +121,9 @@ def caption(
         if not run.pending:
             finish(run.summary)
             return
+        if engine == "ray":
+            caption_on_ray(run, chosen_profile)
+            return
 
         worker = DecodeWorker()
         try:
@@ -109,6 +141,28 @@ def caption(
             raise typer.Exit(EXIT_INTERRUPTED)
         finally:
             worker.stop()
+        finish(run.summary)
+
+    def caption_on_ray(run: Any, chosen_profile: Any) -> None:
+        from framefusion.caption_ray import ModelRecipe, RayOptions, caption_on_ray
+
+        recipe = ModelRecipe(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
+                             revision=revision, trust_remote_code=trust_remote_code)
+        options = RayOptions(workers=workers, address=address, cpus_per_worker=cpus_per_worker,
+                             gpus_per_worker=gpus_per_worker)
+        if not debug:
+            # Ray's C++ core logs routine notes at error level on stderr, Ray Data logs each run at info level;
+            # the progress bar and the records say what happened, and --debug keeps them all.
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        try:
+            # Ray prints worker failures on stdout, which belongs to --json.
+            with ProgressEvents(stderr) as events, contextlib.redirect_stdout(sys.stderr):
+                caption_on_ray(run, recipe, options, events=events)
+        except KeyboardInterrupt:
+            run.summary.interrupted = True
+            finish(run.summary)
+            raise typer.Exit(EXIT_INTERRUPTED)
         finish(run.summary)
 
     def finish(summary: Any) -> None:
@@ -144,19 +198,26 @@ class ProgressEvents:
         if self.progress is not None:
             self.progress.stop()
 
+    def workers_planned(self, plan: Any) -> None:
+        gpus = f", {plan.gpus:g} GPU" if plan.gpus else ""
+        workers = "1 Ray worker" if plan.workers == 1 else f"{plan.workers} Ray workers"
+        self.console.print(f"[dim]{workers}, each {plan.cpus:g} CPU{gpus}, model on {plan.device}[/dim]",
+                           highlight=False)
+
     def started(self, pending: int) -> None:
         if self.progress is not None:
             self.task = self.progress.add_task("captioning", total=pending, current="")
 
     def video_started(self, video: str) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, current=video)
+            self.progress.update(self.task, current=escape(video))
 
     def video_finished(self, video: str, record: dict[str, Any]) -> None:
         if self.progress is None:
             return
         if record.get("error"):
-            self.progress.console.print(f"[red]failed:[/red] {video}: {record['error']}", highlight=False)
+            self.progress.console.print(f"[red]failed:[/red] {escape(video)}: {escape(record['error'])}",
+                                        highlight=False)
         self.progress.advance(self.task)
 
 
@@ -166,8 +227,8 @@ def render_summary(console: Console, summary: Any) -> None:
     console.print(
         f"{head}captioned {len(summary.captioned)}, failed {len(summary.failed)}, "
         f"skipped {len(summary.already_done)} already captioned and {len(summary.not_videos)} not videos; "
-        f"{summary.tokens_saved:,} tokens saved; {summary.seconds:.1f} s -> {summary.output}",
+        f"{summary.tokens_saved:,} tokens saved; {summary.seconds:.1f} s -> {escape(summary.output)}",
         highlight=False,
     )
     for video, error in summary.failed:
-        console.print(f"  [red]failed[/red] {video}: {error}", highlight=False, soft_wrap=True)
+        console.print(f"  [red]failed[/red] {escape(video)}: {escape(error)}", highlight=False, soft_wrap=True)

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from framefusion.caption import (
+    CSV_COLUMNS,
     CaptionFile,
     CaptionRun,
     CaptionSettings,
@@ -32,6 +33,7 @@ from framefusion.caption import (
 )
 from framefusion.profiles import get_profile
 from framefusion_cli.app import app
+from processes import describe, descendants, still_running_after
 from videos import write_indexed_video
 
 MODEL = "random:tiny-qwen2-vl"
@@ -162,6 +164,23 @@ def test_csv_torn_inside_a_quoted_multiline_caption_is_cut_off(tmp_path):
     assert reopened.caption_keys() == {("a.mp4", settings.key())}
 
 
+def test_a_csv_file_from_before_the_worker_column_is_resumed_in_its_own_columns(tmp_path):
+    path = tmp_path / "captions.csv"
+    old_columns = [column for column in CSV_COLUMNS if column != "worker"]
+    old_row = {**dict.fromkeys(old_columns, ""), "video": "a.mp4", "caption": "a cat", "model": "m", "profile": "p",
+               "prompt": "q", "frames": "4"}
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=old_columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(old_row)
+    opened = CaptionFile(path, "csv")
+    assert opened.caption_keys() == {("a.mp4", CaptionSettings(model="m", profile="p", prompt="q", frames=4).key())}
+    opened.append({"video": "b.mp4", "caption": "a dog", "model": "m", "profile": "p", "prompt": "q", "frames": 4,
+                   "worker": "local"})
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert list(rows[0]) == old_columns and [row["video"] for row in rows] == ["a.mp4", "b.mp4"]
+
+
 def test_settings_key_is_the_same_read_back_from_csv_and_jsonl():
     settings = CaptionSettings(model="m", profile="p", prompt="q", frames=None, fps=2.0, max_frames=16)
     as_json = json.loads(json.dumps({"model": "m", "profile": "p", "prompt": "q", **settings.sampling()}))
@@ -188,6 +207,7 @@ def test_folder_records_exit_status_resume_and_changed_settings(video_folder, tm
         assert record["model"] == MODEL and record["profile"] == "framefusion" and record["frames"] == 4
         assert record["tokens"]["frames"] == 4 and record["tokens"]["final"] <= record["tokens"]["prompt"]
         assert record["timings"]["total"] > 0 and set(record["versions"]) == {"framefusion", "transformers", "torch"}
+        assert record["worker"] == "local"
     for name in BROKEN:
         error = by_video[name]["error"]
         assert "caption" not in by_video[name] and "\n" not in error and error
@@ -261,6 +281,22 @@ def test_a_decoder_crash_on_one_file_does_not_stop_the_batch(video_folder, tmp_p
     assert len(read_jsonl(tmp_path / "captions.jsonl")) == 3
 
 
+def test_the_decoder_child_ends_at_once_on_sigterm_even_when_started_while_a_record_was_written():
+    import psutil
+
+    from framefusion.caption_file import _signals_held
+
+    worker = DecodeWorker()
+    with _signals_held():  # SIGTERM blocked here, as during a record's write: fork would hand that to the child
+        worker.start()
+    child = psutil.Process(worker.pid)
+    child.terminate()
+    try:
+        assert not still_running_after([child], seconds=5)
+    finally:
+        worker.stop()
+
+
 def _slow_decoder(path: str, settings: CaptionSettings):
     if "slow" in Path(path).name:
         time.sleep(60)
@@ -278,12 +314,12 @@ def test_timeout_bounds_decoding_and_the_model_and_the_next_video_still_works(vi
     summary = CaptionRun(folder, settings, tmp_path / "decode.jsonl").run(qa, worker=DecodeWorker(_slow_decoder))
     assert time.monotonic() - started < 20
     assert summary.captioned == ["a.mp4", "z.mp4"] and summary.failed[0][0] == "slow.mp4"
-    assert "--timeout" in summary.failed[0][1]
+    assert summary.failed[0][1].startswith("timeout=5")
 
     # A model too slow for the limit: every video fails with a timeout, and the model still works afterwards.
     hurried = CaptionSettings(**{**settings.__dict__, "timeout": 1e-4})
     summary = CaptionRun(folder, hurried, tmp_path / "model.jsonl").run(qa)
-    assert len(summary.failed) == 3 and all("--timeout" in error for _, error in summary.failed)
+    assert len(summary.failed) == 3 and all(error.startswith("timeout=0.0001") for _, error in summary.failed)
     relaxed = CaptionSettings(**{**settings.__dict__, "timeout": None})
     assert len(CaptionRun(folder, relaxed, tmp_path / "model.jsonl").run(qa).captioned) == 3
 
@@ -333,8 +369,13 @@ def test_kill_9_mid_batch_leaves_a_valid_file_that_the_next_run_completes(many_v
     output = tmp_path / "captions.jsonl"
     process = _start_cli(many_videos, output)
     _wait_for_records(process, output, 2)
+    children = descendants(process.pid)
+    assert children, "the decoder child should be running mid-batch"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    # Nothing the killed command started lives on (its decoder ends by itself once its parent is gone).
+    orphans = still_running_after(children, seconds=5)
+    assert not orphans, describe(orphans)
     done = read_jsonl(output)  # every line parses
     assert 2 <= len(done) < 8
     # What a kill in the middle of a write would leave behind.
