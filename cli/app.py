@@ -127,7 +127,9 @@ def ask(
         compared = get_profile(compare, profiles_file) if compare else None
 
         log(f"loading {model} ...")
+        loading_started = time.perf_counter()
         qa = open_run(checked)
+        load_seconds = time.perf_counter() - loading_started
         prepared = prepare_video_file(qa, settings, video, None if no_cache else FeatureCache())
 
         generation = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system)
@@ -135,10 +137,15 @@ def ask(
         on_text = _streamer(questions) if stream else None
         with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=qa.model.dtype, device=qa.device):
             results = ask_video(qa, prepared, list(questions), on_text=on_text, **generation)
+        results[0].timings.load = load_seconds
         if stream:
             stdout.print()
         compared_results = []
         if compared is not None:
+            if compared.pre_vision_stages() != qa.profile.pre_vision_stages():
+                # The compared profile encodes the video differently (frame dedup): its own encoding, timed.
+                qa.use_profile(compared)
+                prepared = prepare_video_file(qa, settings, video, None if no_cache else FeatureCache())
             qa.use_profile(compared)
             with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=qa.model.dtype, device=qa.device):
                 compared_results = ask_video(qa, prepared, list(questions), **generation)

@@ -110,7 +110,8 @@ def calibrate(
             action = "replaced" if saved["replaced"] else "saved"
             file_option = f" --profiles-file {profiles_file}" if profiles_file is not None else ""
             stdout.print(f"{action} profile {save_profile!r} in {saved['file']}; use it with: framefusion ask VIDEO "
-                         f"QUESTION --model {model} --profile {save_profile}{file_option}", highlight=False)
+                         f"QUESTION --model {model} --profile {save_profile}{file_option}", highlight=False,
+                         soft_wrap=True)  # a command to copy: never broken inside a path
 
     run_guarded(debug, work)
 

@@ -14,7 +14,7 @@ from framefusion.pipeline import TIMING_FIELDS, AskResult
 
 _BARS = " ▁▂▃▄▅▆▇█"
 # Headings for the timing fields whose Python names a reader should not see as they are.
-_TIMING_HEADINGS = {"decode_video": "decode video", "prefill": "LLM prefill", "generate": "generation"}
+_TIMING_HEADINGS = {"decode_video": "decode", "prefill": "LLM prefill", "generate": "generation", "load": "load*"}
 
 
 def token_table(result: AskResult) -> Table:
@@ -25,10 +25,14 @@ def token_table(result: AskResult) -> Table:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_row("frames sampled", "", "", f"{tokens.frames}")
+    encoded = tokens.frames if tokens.frames_encoded is None else tokens.frames_encoded
+    table.add_row("frames encoded", "", f"{tokens.frames}", f"{encoded}")
     table.add_row("visual tokens", "", "", f"{tokens.visual:,}")
-    table.add_row("tokens entering the LLM", "", "", f"{tokens.prompt:,}")
+    table.add_row("prompt tokens", "", "", f"{tokens.prompt:,}")
+    # Stages before the LLM (layer None) come first in the runtime's record, then each merge/prune at its layer.
     for stage in tokens.stages:
-        table.add_row(stage.name, str(stage.layer), f"{stage.before:,}", f"{stage.after:,}")
+        layer = "" if stage.layer is None else str(stage.layer)
+        table.add_row(stage.name, layer, f"{stage.before:,}", f"{stage.after:,}")
     table.add_row(Text("final", style="bold"), "", "", Text(f"{tokens.final:,}", style="bold"))
     table.caption = (
         f"cost {tokens.cost:.3f} achieved (requested {tokens.requested_cost:g}); "
@@ -52,7 +56,7 @@ def timing_table(result: AskResult) -> Table:
     for name in TIMING_FIELDS:
         table.add_column(_TIMING_HEADINGS.get(name, name), justify="right")
     table.add_row(*(f"{getattr(timings, name):.3f}" for name in TIMING_FIELDS))
-    table.caption = f"{result.new_tokens} new tokens"
+    table.caption = f"{result.new_tokens} new tokens; * loading the model, once, not in the total"
     return table
 
 

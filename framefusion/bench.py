@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -52,6 +52,7 @@ class ProfileRun:
     peak_memory_bytes: int
     rounds: list[Timings] = field(default_factory=list)
     new_tokens: int = 0
+    answer: str = ""  # the last round's (greedy decoding gives the same every round)
 
     @property
     def framefusion_share_of_prefill(self) -> float:
@@ -67,13 +68,19 @@ class ProfileRun:
             "framefusion_share_of_prefill": round(self.framefusion_share_of_prefill, 6),
             "peak_memory_bytes": int(self.peak_memory_bytes),
             "new_tokens": self.new_tokens,
+            "answer": self.answer,
             "rounds": [timings.to_dict() for timings in self.rounds],
         }
 
 
 @dataclass(frozen=True)
 class Speedup:
-    """Speedups of one profile against the reference (first) profile, and the most each could be."""
+    """Speedups of one profile against the reference (first) profile, and the most each could be.
+
+    Per stage: vision (fewer frames encoded: frame dedup), prefill and generate (fewer tokens). End to end: ttft and
+    total, each next to its Amdahl limit, the speedup if the reduced stages got exactly as much faster as the work
+    they do shrank (vision: frames encoded; prefill and generation: token-layers) and every other stage stayed.
+    """
 
     prefill: float
     ttft: float
@@ -81,6 +88,9 @@ class Speedup:
     prefill_limit: float
     ttft_limit: float
     total_limit: float
+    vision: float = 1.0
+    generate: float = 1.0
+    vision_limit: float = 1.0
 
     @property
     def prefill_of_limit(self) -> float:
@@ -90,7 +100,8 @@ class Speedup:
     def to_dict(self) -> dict[str, float]:
         values = dict(prefill=self.prefill, ttft=self.ttft, total=self.total, prefill_limit=self.prefill_limit,
                       ttft_limit=self.ttft_limit, total_limit=self.total_limit,
-                      prefill_of_limit=self.prefill_of_limit)
+                      prefill_of_limit=self.prefill_of_limit, vision=self.vision, generate=self.generate,
+                      vision_limit=self.vision_limit)
         return {key: round(value, 4) for key, value in values.items()}
 
 
@@ -139,8 +150,24 @@ def token_layer_limit(reference_per_layer: Sequence[int], per_layer: Sequence[in
 
 def amdahl_limit(unchanged_seconds: float, reducible_seconds: float, reducible_limit: float) -> float:
     """Whole-task speedup when only the reducible part speeds up, by at most `reducible_limit`."""
-    best = unchanged_seconds + reducible_seconds / reducible_limit
-    return (unchanged_seconds + reducible_seconds) / best if best > 0 else 1.0
+    return stages_limit([(unchanged_seconds, 1.0), (reducible_seconds, reducible_limit)])
+
+
+def stages_limit(stages: Sequence[tuple[float, float]]) -> float:
+    """Whole-task speedup when each stage (seconds, its own speedup limit) speeds up by exactly its limit."""
+    best = sum(seconds / limit for seconds, limit in stages)
+    return sum(seconds for seconds, _ in stages) / best if best > 0 else 1.0
+
+
+def frames_encoded(tokens: TokenReport) -> int:
+    """Sampled frames the vision encoder saw (all of them unless frame dedup reused some)."""
+    return tokens.frames if tokens.frames_encoded is None else tokens.frames_encoded
+
+
+def frame_limit(reference: TokenReport, tokens: TokenReport) -> float:
+    """The vision speedup if its time were proportional to the frames encoded."""
+    encoded = frames_encoded(tokens)
+    return frames_encoded(reference) / encoded if encoded > 0 else 1.0
 
 
 def _ratio(reference: float, value: float) -> float:
@@ -155,31 +182,31 @@ def time_to_first_token(timings: Timings) -> float:
 def compute_speedup(reference: ProfileRun, run: ProfileRun) -> Speedup:
     """Speedups of `run` over `reference`, next to their limits.
 
-    The vision encoder, video decoding and preprocessing are untouched by token reduction. The LLM's prefill and the
-    decode steps (whose caches hold exactly the tokens each layer kept) are bounded by the token-layer limit.
+    Video decoding and preprocessing are untouched. The vision encoder is bounded by the frames it encodes (frame
+    dedup); the LLM's prefill and the decode steps (whose caches hold exactly the tokens each layer kept) by the
+    token-layer limit.
     """
     base = reference.timings
     limit = token_layer_limit(reference.tokens.per_layer, run.tokens.per_layer)
-    untouched = base.decode_video + base.preprocess + base.vision
+    vision_limit = frame_limit(reference.tokens, run.tokens)
+    untouched = base.decode_video + base.preprocess
+    language_model = base.total - untouched - base.vision
     return Speedup(
         prefill=_ratio(base.prefill, run.timings.prefill),
         ttft=_ratio(time_to_first_token(base), time_to_first_token(run.timings)),
         total=_ratio(base.total, run.timings.total),
         prefill_limit=limit,
-        ttft_limit=amdahl_limit(base.vision, base.prefill, limit),
-        total_limit=amdahl_limit(untouched, base.total - untouched, limit),
+        ttft_limit=stages_limit([(base.vision, vision_limit), (base.prefill, limit)]),
+        total_limit=stages_limit([(untouched, 1.0), (base.vision, vision_limit), (language_model, limit)]),
+        vision=_ratio(base.vision, run.timings.vision),
+        generate=_ratio(base.generate, run.timings.generate),
+        vision_limit=vision_limit,
     )
 
 
 def median_timings(rounds: Sequence[Timings]) -> Timings:
     """Each field's median over the rounds (fields independently)."""
     return Timings(**{name: statistics.median(getattr(t, name) for t in rounds) for name in TIMING_FIELDS})
-
-
-def reduction_steps(tokens: TokenReport) -> Iterator[tuple[str, int | None, int]]:
-    """(kind, layer, tokens removed) for each merge or prune step."""
-    for stage in tokens.stages:
-        yield stage.name, stage.layer, stage.before - stage.after
 
 
 # --- the machine ----------------------------------------------------------------------------------------------------
@@ -246,28 +273,35 @@ def run_bench(qa: VideoQA, clip: VideoClip, profiles: Sequence[Profile], *, repe
               on_progress: Callable[[str], None] | None = None) -> BenchResult:
     """Measure every profile on the same clip and question; speedups are against profiles[0].
 
-    Token reduction does not touch the vision encoder, so each round runs it once and every profile of that round
-    answers from the same features (and is charged the same vision time): the profiles differ only in the LLM.
-    Warm-up rounds reuse the first features. decode_seconds: the time it took to decode the clip, counted in every
-    profile's total (decoding is shared too).
+    Profiles that do the same before the vision encoder (the same frame dedup, or none) share its work: each round
+    runs the encoder once for them and they answer from the same features, charged the same vision time. A profile
+    that deduplicates frames differently gets its own encoding, and its own vision time, in every round. Warm-up
+    rounds encode once per setting. decode_seconds: the time it took to decode the clip, counted in every profile's
+    total (decoding is shared too).
     """
     check_bench_arguments([p.name for p in profiles], repeat, warmup, max_new_tokens)
     note = on_progress or (lambda message: None)
-    prepared = None
+    before_vision = {profile.name: profile.max_difference for profile in profiles}  # frame dedup, None: off
+
+    def encoded(prepared: dict[float | None, PreparedVideo], profile: Profile, stage: str) -> PreparedVideo:
+        setting = before_vision[profile.name]
+        if setting not in prepared:
+            note(f"{stage}: vision encoder" + ("" if setting is None else f" (frame dedup {setting:g})"))
+            prepared[setting] = qa.prepare_video(clip, decode_seconds, max_difference=setting)
+        return prepared[setting]
+
+    warm: dict[float | None, PreparedVideo] = {}
     for index in range(warmup):
-        if prepared is None:
-            note("warm-up: vision encoder")
-            prepared = qa.prepare_video(clip, decode_seconds)
         for profile in rotated(profiles, index):
             note(f"warm-up {index + 1}/{warmup}: {profile.name}")
-            _answer_under(qa, profile, prepared, question, max_new_tokens)
+            _answer_under(qa, profile, encoded(warm, profile, "warm-up"), question, max_new_tokens)
 
     rounds: dict[str, list[AskResult]] = {profile.name: [] for profile in profiles}
     peaks: dict[str, int] = {profile.name: 0 for profile in profiles}
     for index in range(repeat):
-        note(f"round {index + 1}/{repeat}: vision encoder")
-        prepared = qa.prepare_video(clip, decode_seconds)
+        this_round: dict[float | None, PreparedVideo] = {}
         for profile in rotated(profiles, index):
+            prepared = encoded(this_round, profile, f"round {index + 1}/{repeat}")
             note(f"round {index + 1}/{repeat}: {profile.name}")
             result, peak = _answer_under(qa, profile, prepared, question, max_new_tokens)
             rounds[profile.name].append(result)
@@ -293,6 +327,7 @@ def _summarise(profile: str, results: Sequence[AskResult], peak_bytes: int) -> P
         peak_memory_bytes=peak_bytes,
         rounds=timings,
         new_tokens=results[-1].new_tokens,
+        answer=results[-1].answer,
     )
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from framefusion.errors import InputError
@@ -117,17 +115,3 @@ def _repeats(unit: np.ndarray, reference: np.ndarray, max_difference: float) -> 
         return bool(np.array_equal(unit, reference))
     return mean_absolute_difference(unit, reference) <= max_difference
 
-
-def profile_max_difference(profile: Any) -> float | None:
-    """The frame-dedup setting of a reduction profile; None when the profile encodes every frame.
-
-    Read from the profile's `frame-dedup` stage (profiles as ordered lists of stages); a profile without stages never
-    deduplicates. The one place that reads it, for every caller (the benchmark, the pipeline's callers).
-    """
-    for stage in getattr(profile, "stages", None) or ():
-        kind = stage.get("kind") if isinstance(stage, dict) else getattr(stage, "kind", None)
-        if kind != "frame-dedup":
-            continue
-        value = stage.get("max_difference") if isinstance(stage, dict) else getattr(stage, "max_difference", None)
-        return DEFAULT_MAX_DIFFERENCE if value is None else float(value)
-    return None

@@ -168,7 +168,8 @@ class FrameFusionLMM(lmms):
         if first_question:
             started = time.perf_counter()
             clip = read_video(video, **self.sampling) if isinstance(video, str) else video
-            self._prepared = (video, self.qa.prepare_video(clip, time.perf_counter() - started))
+            self._prepared = (video, self.qa.prepare_video(clip, time.perf_counter() - started,
+                                                           max_difference=self.qa.profile.max_difference))
         prepared = self._prepared[1]
         for _ in range(self.warmup):
             self.qa.answer(prepared, question, max_new_tokens=1, system=self.system)

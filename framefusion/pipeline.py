@@ -28,7 +28,7 @@ from framefusion.clock import ForwardClock, Stopwatch
 from framefusion.errors import InputError, Suggestion
 from framefusion.memory import reporting_out_of_memory
 from framefusion.profiles import Profile
-from framefusion.runtime import FrameFusionStats
+from framefusion.reduction import FrameFusionStats
 from framefusion.video import VideoClip, enlarge_small_frames
 
 DEFAULT_FRAMES = 32
@@ -44,6 +44,9 @@ class Timings:
     prefill: float = 0.0
     generate: float = 0.0
     total: float = 0.0
+    # Loading the model, once per command (on its first answer): reported so that a one-shot user sees where the
+    # wall time goes, but not part of `total`, which is the work per answer.
+    load: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {key: round(value, 6) for key, value in asdict(self).items()}
@@ -55,10 +58,24 @@ TIMING_FIELDS: tuple[str, ...] = tuple(timing.name for timing in fields(Timings)
 
 @dataclass
 class TokenStage:
-    name: str
+    """One token reduction step: kind "evs" (before the LLM: layer None), "merge" or "prune" (inside it, at `layer`),
+    where it acted ("before_llm", "before_attention", "after_attention"), and the tokens before and after it."""
+
+    kind: str
+    where: str
     layer: int | None
     before: int
     after: int
+
+    @property
+    def name(self) -> str:
+        """The step as people read it: "merge (before attention)", "prune", "evs (before the LLM)"."""
+        return self.kind + {"before_attention": " (before attention)", "before_llm": " (before the LLM)"}.get(
+            self.where, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "where": self.where, "layer": self.layer,
+                "before": self.before, "after": self.after}
 
 
 @dataclass
@@ -75,17 +92,20 @@ class TokenReport:
     stages: list[TokenStage]
     kept_positions: list[int] = field(default_factory=list, repr=False)
     framefusion_seconds: float = 0.0
+    # Sampled frames the vision encoder saw (fewer than `frames` when frame dedup reused features); None: all.
+    frames_encoded: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
+            "frames_encoded": self.frames if self.frames_encoded is None else self.frames_encoded,
             "visual": self.visual,
             "prompt": self.prompt,
             "final": self.final,
             "cost": round(self.cost, 6),
             "requested_cost": self.requested_cost,
             "per_layer": list(self.per_layer),
-            "stages": [asdict(stage) for stage in self.stages],
+            "stages": [stage.to_dict() for stage in self.stages],
         }
 
 
@@ -142,6 +162,8 @@ class PreparedVideo:
     preprocess_seconds: float
     # Whether the features came from the feature cache: "hit", "miss" (encoded, then stored) or "off".
     cache: str = "off"
+    # Sampled frames the vision encoder saw: all of them, or fewer when frame dedup reused features (None: all).
+    frames_encoded: int | None = None
 
 
 class _TextStream(TextStreamer):
@@ -200,8 +222,14 @@ class VideoQA:
         return len(self.language_model.layers)
 
     # --- video --------------------------------------------------------------------------------------------------
-    def prepare_video(self, clip: VideoClip, decode_seconds: float = 0.0) -> PreparedVideo:
-        """Preprocess the clip's frames and run the vision encoder once."""
+    def prepare_video(self, clip: VideoClip, decode_seconds: float = 0.0, *,
+                      max_difference: float | None = None) -> PreparedVideo:
+        """Preprocess the clip's frames and run the vision encoder once.
+
+        max_difference: frame dedup (framefusion.frame_dedup): frames within this mean absolute RGB difference of the
+        last encoded frame reuse its features instead of being encoded (0: identical frames only); None: encode every
+        frame. The vision time includes deciding which frames to encode.
+        """
         # Processors reject or misread frames only a few pixels high or wide: enlarge those first.
         clip = enlarge_small_frames(clip)
         with Stopwatch(self.device) as preprocess:
@@ -209,9 +237,25 @@ class VideoQA:
             video_inputs = {key: value for key, value in video_inputs.items()
                             if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         with Stopwatch(self.device) as vision, torch.inference_mode():
-            modality, features = self.video_encoding.encode_video(self.model, video_inputs)
+            modality, features, frames_encoded = self._encode(clip, video_inputs, max_difference)
         vision_seconds = vision.seconds if features is not None else 0.0
-        return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds)
+        return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds,
+                             frames_encoded=frames_encoded if features is not None else clip.num_frames)
+
+    def _encode(self, clip: VideoClip, video_inputs: dict[str, torch.Tensor],
+                max_difference: float | None) -> tuple[str, Any, int]:
+        """(modality, features, sampled frames encoded): every frame, or with frame dedup only those that differ."""
+        from framefusion.frame_dedup import check_max_difference, plan_frame_dedup
+
+        if max_difference is not None:
+            check_max_difference(max_difference)
+        if max_difference is None or self.adapter is None:  # a model of no known family: its layout is unknown
+            return (*self.video_encoding.encode_video(self.model, video_inputs), clip.num_frames)
+        plan = plan_frame_dedup(clip.frames, max_difference, self.adapter.frame_multiple)
+        if plan.encodes_every_unit:
+            return (*self.adapter.encode_video(self.model, video_inputs), clip.num_frames)
+        modality, features = self.adapter.encode_frames(self.model, video_inputs, plan.encoded, plan.sources)
+        return modality, features, plan.frames_encoded
 
     def _processor_inputs(self, clip: VideoClip, question: str, system: str | None) -> dict[str, torch.Tensor]:
         messages = []
@@ -286,6 +330,7 @@ class VideoQA:
         )
         timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all.seconds
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
+        tokens.frames_encoded = prepared.frames_encoded
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
@@ -339,8 +384,7 @@ class VideoQA:
                                kept_positions=list(range(prompt)))
         stats: FrameFusionStats = handle.stats
         stages = [
-            TokenStage(f"{step.kind}" + (" (before attention)" if step.where == "before_attention" else ""),
-                       step.layer, step.tokens_before, step.tokens_after)
+            TokenStage(step.kind, step.where, step.layer, step.tokens_before, step.tokens_after)
             for step in stats.steps
         ]
         return TokenReport(
@@ -353,11 +397,12 @@ class VideoQA:
 def ask_video(qa: VideoQA, clip: VideoClip | PreparedVideo, questions: list[str], *, decode_seconds: float = 0.0,
               on_text: Callable[[int, str], None] | None = None, **options: Any) -> list[AskResult]:
     """Answer several questions about one clip (or a video already prepared, e.g. from the feature cache): frames
-    and vision features are shared, each prefill is its own."""
+    and vision features are shared, each prefill is its own. The profile's frame dedup, if any, applies to the clip."""
     for question in questions:
         if not question.strip():
             raise InputError("a question is empty: ask something about the video")
-    prepared = clip if isinstance(clip, PreparedVideo) else qa.prepare_video(clip, decode_seconds)
+    prepared = clip if isinstance(clip, PreparedVideo) else qa.prepare_video(
+        clip, decode_seconds, max_difference=qa.profile.max_difference)
     results = []
     for index, question in enumerate(questions):
         stream = (lambda text, index=index: on_text(index, text)) if on_text else None

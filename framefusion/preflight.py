@@ -122,28 +122,33 @@ def read_clip(settings: RunSettings, video: str | Path) -> tuple[Any, float]:
 
 
 def prepare_video_file(qa: Any, settings: RunSettings, video: str | Path, cache: Any = None) -> Any:
-    """Decode, preprocess and encode a video for `qa` (a pipeline.VideoQA), or take its features from `cache` (a
-    feature_cache.FeatureCache; None: off). A hit skips decoding and the vision encoder: the clip comes back as blank
-    frames of the sampled size with the sampled timestamps, which is all a prompt needs. Returns a PreparedVideo."""
+    """Decode, preprocess and encode a video for `qa` (a pipeline.VideoQA) under its profile's stages before the
+    vision encoder (frame dedup), or take its features from `cache` (a feature_cache.FeatureCache; None: off). A hit
+    skips decoding and the vision encoder: the clip comes back as blank frames of the sampled size with the sampled
+    timestamps, which is all a prompt needs. Returns a PreparedVideo."""
     from framefusion.feature_cache import CachedVideo, cache_key, video_fingerprint
     from framefusion.pipeline import PreparedVideo
 
+    max_difference = qa.profile.max_difference
     if cache is None:
         clip, decode_seconds = read_clip(settings, video)
-        return qa.prepare_video(clip, decode_seconds)
-    key = cache_key(video=video_fingerprint(video), sampling=settings.sampling(), stages=[],
+        return qa.prepare_video(clip, decode_seconds, max_difference=max_difference)
+    # Stages before the vision encoder change the features; without any the key is what it always was.
+    key = cache_key(video=video_fingerprint(video), sampling=settings.sampling(), stages=qa.profile.pre_vision_stages(),
                     model=qa.identity, dtype=str(qa.model.dtype), device_type=qa.device.type)
     entry = cache.load(key, qa.device)
     if entry is not None:
         clip = _blank_clip(entry.clip, str(video))
         video_inputs = dict.fromkeys(entry.details.get("video_input_keys", ()))
-        return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit")
+        return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit",
+                             frames_encoded=entry.details.get("frames_encoded"))
     clip, decode_seconds = read_clip(settings, video)
-    prepared = qa.prepare_video(clip, decode_seconds)
+    prepared = qa.prepare_video(clip, decode_seconds, max_difference=max_difference)
     if prepared.vision_features is None:
         return prepared  # the model encodes inside generate(): nothing to keep
     stored = CachedVideo(prepared.vision_modality, prepared.vision_features, _clip_description(prepared.clip),
-                         {"model": qa.model_name, "video_input_keys": sorted(prepared.video_inputs)})
+                         {"model": qa.model_name, "video_input_keys": sorted(prepared.video_inputs),
+                          "frames_encoded": prepared.frames_encoded})
     cache.store(key, stored)  # a failed write warns once; the run goes on
     prepared.cache = "miss"
     return prepared

@@ -83,6 +83,17 @@ def render_synthetic_frames(
     return frames
 
 
+def render_still_then_moving_frames(
+    *, seconds: float = 4.0, fps: float = 8, width: int = 224, height: int = 224, seed: int = 0
+) -> np.ndarray:
+    """The synthetic scene held still on its first frame for the first half, then moving (ball and sky) for the
+    second: the case frame dedup is for (a static shot, a paused screen). uint8 (T, height, width, 3) RGB."""
+    frames = render_synthetic_frames(seconds=seconds, fps=fps, width=width, height=height, seed=seed)
+    still = len(frames) // 2
+    frames[:still] = frames[0]
+    return frames
+
+
 def write_synthetic_video(
     path: str | Path,
     *,

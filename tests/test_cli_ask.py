@@ -36,8 +36,13 @@ def test_json_result_has_the_documented_shape_and_framefusion_reduces(model):
     assert len(tokens["per_layer"]) == 8 and max(tokens["per_layer"]) <= tokens["prompt"]
     assert tokens["stages"][0]["before"] == tokens["prompt"]
     assert tokens["stages"][-1]["after"] == tokens["final"]
-    assert set(payload["timings"]) == {"decode_video", "preprocess", "vision", "prefill", "generate", "total"}
+    assert set(payload["timings"]) == {"decode_video", "preprocess", "vision", "prefill", "generate", "total", "load"}
     assert all(value >= 0 for value in payload["timings"].values())
+    # Loading the model is reported but is not part of the answer's total.
+    timings = payload["timings"]
+    assert timings["load"] > 0
+    assert timings["total"] == pytest.approx(sum(timings[part] for part in ("decode_video", "preprocess", "vision")) +
+                                             timings["prefill"] + timings["generate"], abs=0.05)
     assert payload["timings"]["total"] >= payload["timings"]["prefill"] + payload["timings"]["vision"]
     assert payload["profile"] == "framefusion"
 
@@ -64,7 +69,7 @@ def test_human_output_streams_the_answer_then_tables():
     result = ask(str(SAMPLE), "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8",
                  "--max-new-tokens", "4", "--backend", "pyav")
     assert result.exit_code == 0, result.output
-    for text in ("A:", "tokens entering the LLM", "merge", "final", "LLM prefill", "tokens per layer"):
+    for text in ("A:", "frames encoded", "prompt tokens", "merge", "final", "LLM prefill", "tokens per layer"):
         assert text in result.stdout
 
 

@@ -107,5 +107,6 @@ def test_bench_compares_baseline_and_framefusion(family):
     assert baseline["final"] == baseline["prompt"] and baseline["stages"] == []
     assert reduced["prompt"] == baseline["prompt"]
     assert_reduced(reduced)
-    # Both profiles answer from the same vision features, charged the same vision time.
-    assert runs["baseline"]["timings"]["vision"] == runs["framefusion"]["timings"]["vision"] > 0
+    # framefusion dedups frames before the vision encoder: it gets its own encoding and vision time.
+    assert runs["baseline"]["timings"]["vision"] > 0 and runs["framefusion"]["timings"]["vision"] > 0
+    assert runs["baseline"]["tokens"]["frames_encoded"] == baseline["frames"]

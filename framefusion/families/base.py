@@ -145,13 +145,14 @@ class Family:
 
     def spread_frame_features(self, features: Any, take: Sequence[int], num_encoded: int) -> Any:
         """The encoder output of num_encoded units laid out for len(take) units (unit i: encoded unit take[i]).
-        Default: LLaVA-style, pooler_output [1, T*P + trailing_tokens_per_video, d]; the tower's own outputs
-        (last_hidden_state, hidden_states) [T, patches, d_vit]."""
+        Default: LLaVA-style, pooler_output [1, T*P + trailing_tokens_per_video, d] (or a tuple per video of
+        [T, P, d], as transformers 5.18 gives LLaVA-NeXT-Video's); the tower's own outputs (last_hidden_state,
+        hidden_states) [T, patches, d_vit]."""
         from framefusion.families.frame_features import FrameAxis, spread_output
 
         per_frame = FrameAxis(dim=0)
         return spread_output(features, take, num_encoded, {
-            "pooler_output": FrameAxis(dim=1, trailing=self.trailing_tokens_per_video),
+            "pooler_output": FrameAxis(dim=1, trailing=self.trailing_tokens_per_video, dim_in_sequence=0),
             "last_hidden_state": per_frame, "hidden_states": per_frame,
         })
 

@@ -18,10 +18,19 @@ import torch
 
 @dataclass(frozen=True)
 class FrameAxis:
-    """Units lie along `dim`, one after the other, each the same number of rows, then `trailing` rows of no unit."""
+    """Units lie along `dim`, one after the other, each the same number of rows, then `trailing` rows of no unit.
+
+    dim_in_sequence: the dimension instead when the tensor comes inside a tuple or list (one per video, per layer),
+    where a release drops the batch dimension it has otherwise (LLaVA-NeXT-Video's pooler_output: [1, T * P, d] on
+    transformers 5.24, a tuple per video of [T, P, d] on 5.18). None: `dim` either way.
+    """
 
     dim: int
     trailing: int = 0
+    dim_in_sequence: int | None = None
+
+    def dim_for(self, in_sequence: bool) -> int:
+        return self.dim_in_sequence if in_sequence and self.dim_in_sequence is not None else self.dim
 
 
 def positions_in(encoded: Sequence[int], sources: Sequence[int]) -> list[int]:
@@ -36,20 +45,23 @@ def positions_in(encoded: Sequence[int], sources: Sequence[int]) -> list[int]:
     return [position[source] for source in sources]
 
 
-def gather_units(tensor: torch.Tensor, units: Sequence[int], num_units: int, axis: FrameAxis) -> torch.Tensor:
+def gather_units(tensor: torch.Tensor, units: Sequence[int], num_units: int, axis: FrameAxis,
+                 in_sequence: bool = False) -> torch.Tensor:
     """The rows of the listed units, in that order (repeats allowed), then the trailing rows unchanged.
 
     tensor: `num_units` units along axis.dim (plus axis.trailing rows); units: indices into those units.
+    in_sequence: the tensor is an element of a tuple or list (see FrameAxis.dim_in_sequence).
     """
-    length = tensor.shape[axis.dim] - axis.trailing
+    dim = axis.dim_for(in_sequence)
+    length = tensor.shape[dim] - axis.trailing
     if num_units < 1 or length < 0 or length % num_units:
         raise ValueError(f"a tensor of shape {tuple(tensor.shape)} does not hold {num_units} units along dimension "
-                         f"{axis.dim} (plus {axis.trailing} trailing rows)")
-    body = tensor.narrow(axis.dim, 0, length).unflatten(axis.dim, (num_units, length // num_units))
+                         f"{dim} (plus {axis.trailing} trailing rows)")
+    body = tensor.narrow(dim, 0, length).unflatten(dim, (num_units, length // num_units))
     index = torch.tensor(list(units), dtype=torch.long, device=tensor.device)
-    gathered = body.index_select(axis.dim, index).flatten(axis.dim, axis.dim + 1)
+    gathered = body.index_select(dim, index).flatten(dim, dim + 1)
     if axis.trailing:
-        gathered = torch.cat([gathered, tensor.narrow(axis.dim, length, axis.trailing)], dim=axis.dim)
+        gathered = torch.cat([gathered, tensor.narrow(dim, length, axis.trailing)], dim=dim)
     return gathered
 
 
@@ -69,7 +81,7 @@ def spread_output(features: Any, take: Sequence[int], num_encoded: int, layout: 
     unit i gets the rows of encoded unit take[i]. Every field present must be in `layout`; tuples and lists (per
     video, per layer) are followed down to their tensors, None entries kept.
     """
-    unknown = sorted(name for name in features.keys() if name not in layout)
+    unknown = sorted(name for name in features if name not in layout)
     if unknown:
         raise ValueError(f"cannot spread the encoder output's {', '.join(unknown)} over the frames: its layout is "
                          f"unknown ({type(features).__name__})")
@@ -77,11 +89,11 @@ def spread_output(features: Any, take: Sequence[int], num_encoded: int, layout: 
     return type(features)(**spread)
 
 
-def _spread_value(value: Any, take: Sequence[int], num_encoded: int, axis: FrameAxis) -> Any:
+def _spread_value(value: Any, take: Sequence[int], num_encoded: int, axis: FrameAxis, in_sequence: bool = False) -> Any:
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
-        return gather_units(value, take, num_encoded, axis)
+        return gather_units(value, take, num_encoded, axis, in_sequence)
     if isinstance(value, (tuple, list)):
-        return type(value)(_spread_value(item, take, num_encoded, axis) for item in value)
+        return type(value)(_spread_value(item, take, num_encoded, axis, True) for item in value)
     raise TypeError(f"cannot spread a {type(value).__name__} over the frames")

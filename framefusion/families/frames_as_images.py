@@ -8,11 +8,13 @@ image are separated by markers alone (shorter gaps) and never count as frames.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from framefusion.families.base import Family, VideoInputs, video_token_runs
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
     from torch import nn
 
@@ -67,6 +69,9 @@ class FramesAsImagesFamily(Family):
     # The processor returns the frames as pixel_values and the model has no video encoder: generate() and the forward
     # take them as images.
     video_modality = "image"
+    # The dimension of pixel_values (and pixel_attention_mask) along which the frames lie: InternVL [T, 3, H, W],
+    # SmolVLM [1, T, 3, H, W]. Every output of the vision tower holds its frames along dimension 0.
+    pixel_frame_dim: int = 0
 
     def video_token_id(self, model: nn.Module) -> int:
         # Every frame is expanded to image tokens; the <video> placeholder never reaches the model.
@@ -75,3 +80,17 @@ class FramesAsImagesFamily(Family):
     def patch_types(self, model: nn.Module, input_ids: torch.Tensor, video: VideoInputs) -> torch.Tensor | None:
         is_image = input_ids == self.video_token_id(model)
         return frame_patch_types(is_image, self.tokens_per_frame(model, 0, 0, video), self.min_frame_gap)
+
+    def frame_inputs(self, video_inputs: dict[str, Any], units: Sequence[int], num_units: int) -> dict[str, Any]:
+        from framefusion.families.frame_features import FrameAxis, select_unit_inputs
+
+        axis = FrameAxis(dim=self.pixel_frame_dim)
+        axes = {key: axis for key in ("pixel_values", "pixel_attention_mask") if key in video_inputs}
+        return select_unit_inputs(video_inputs, axes, units, num_units)
+
+    def spread_frame_features(self, features: Any, take: Sequence[int], num_encoded: int) -> Any:
+        from framefusion.families.frame_features import FrameAxis, spread_output
+
+        per_frame = FrameAxis(dim=0)
+        layout = dict.fromkeys(("pooler_output", "last_hidden_state", "hidden_states"), per_frame)
+        return spread_output(features, take, num_encoded, layout)

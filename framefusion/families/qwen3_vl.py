@@ -20,7 +20,7 @@ from framefusion.families.base import Family, VideoInputs
 from framefusion.families.qwen_vl import memory
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import torch
     from torch import nn
@@ -36,6 +36,8 @@ class Qwen3VL(Family):
     default_similarity_lower_bound = 0.5
     similarity_source = "FrameFusion authors' Qwen2-VL example (same family)"
     importance_queries = 4  # as the official Qwen2-VL adapter, for every Qwen-VL family
+    # The processor pairs frames into temporal patches (and repeats the last frame of an odd count), as Qwen2-VL's.
+    frame_multiple = 2
     aliases = MappingProxyType(
         {
             "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
@@ -86,6 +88,16 @@ class Qwen3VL(Family):
                 f"{video_index + 1}: pass pixel_values_videos with video_grid_thw, or call generate()/the model with them"
             )
         return grids[video_index]
+
+    def frame_inputs(self, video_inputs: dict[str, Any], units: Sequence[int], num_units: int) -> dict[str, Any]:
+        from framefusion.families.qwen_vl.frames import temporal_patch_inputs
+
+        return temporal_patch_inputs(video_inputs, units, num_units)
+
+    def spread_frame_features(self, features: Any, take: Sequence[int], num_encoded: int) -> Any:
+        from framefusion.families.qwen_vl.frames import spread_temporal_patch_features
+
+        return spread_temporal_patch_features(features, take, num_encoded)
 
     def install(self, runtime: FrameFusionRuntime) -> None:
         """Replace the text model's DeepStack addition with one that follows the tokens still present."""

@@ -50,6 +50,7 @@ class SmolVLM(FramesAsImagesFamily):
     # Between frames: <fake_token_around_image>, "\nFrame from MM:SS:" (several tokens), <fake_token_around_image>,
     # <global-img>. Between tiles of one image: <fake_token_around_image><row_i_col_j>, after a newline at most.
     min_frame_gap = 6
+    pixel_frame_dim = 1  # pixel_values [1, T, 3, H, W]
     aliases = MappingProxyType({"smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct"})
 
     def language_model(self, model: nn.Module) -> nn.Module:

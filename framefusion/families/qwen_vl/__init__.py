@@ -7,7 +7,7 @@ in shapes/.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,16 @@ class Qwen2VL(Family):
                 f"{per_frame * frames}: the prompt and the video inputs do not match"
             )
         return per_frame
+
+    def frame_inputs(self, video_inputs: dict[str, Any], units: Sequence[int], num_units: int) -> dict[str, Any]:
+        from framefusion.families.qwen_vl.frames import temporal_patch_inputs
+
+        return temporal_patch_inputs(video_inputs, units, num_units)
+
+    def spread_frame_features(self, features: Any, take: Sequence[int], num_encoded: int) -> Any:
+        from framefusion.families.qwen_vl.frames import spread_temporal_patch_features
+
+        return spread_temporal_patch_features(features, take, num_encoded)
 
     def restore_reference_positions(self, model: nn.Module) -> bool:
         from framefusion.families.qwen_vl import positions
