@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from framefusion.errors import InputError
-from framefusion.pipeline import TIMING_FIELDS
+from framefusion.results import TIMING_FIELDS
 
 
 def require_matplotlib() -> None:

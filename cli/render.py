@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from framefusion.pipeline import TIMING_FIELDS, AskResult
+from framefusion.results import TIMING_FIELDS, AskResult
 
 _BARS = " ▁▂▃▄▅▆▇█"
 # Headings for the timing fields whose Python names a reader should not see as they are.

@@ -27,7 +27,8 @@ from framefusion.api import framefusion_handle
 from framefusion.doctor import cpu_name
 from framefusion.errors import InputError
 from framefusion.peak_memory import MemoryMeter
-from framefusion.pipeline import TIMING_FIELDS, AskResult, PreparedVideo, Timings, TokenReport, VideoQA
+from framefusion.pipeline import VideoQA
+from framefusion.results import TIMING_FIELDS, AskResult, PreparedVideo, Timings, TokenReport
 from framefusion.profiles import Profile
 from framefusion.video import VideoClip
 

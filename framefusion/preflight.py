@@ -127,7 +127,7 @@ def prepare_video_file(qa: Any, settings: RunSettings, video: str | Path, cache:
     skips decoding and the vision encoder: the clip comes back as blank frames of the sampled size with the sampled
     timestamps, which is all a prompt needs. Returns a PreparedVideo."""
     from framefusion.feature_cache import CachedVideo, cache_key, video_fingerprint
-    from framefusion.pipeline import PreparedVideo
+    from framefusion.results import PreparedVideo
 
     max_difference = qa.profile.max_difference
     if cache is None:

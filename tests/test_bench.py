@@ -21,7 +21,7 @@ from framefusion.bench import (
     token_layer_limit,
 )
 from framefusion.errors import InputError
-from framefusion.pipeline import Timings
+from framefusion.results import Timings
 from framefusion_cli.app import app as APP
 
 runner = CliRunner()
