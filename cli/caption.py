@@ -66,6 +66,7 @@ def caption(
         "--json", help="Print the summary as JSON on stdout (progress and logs go to stderr).")] = False,
     debug: opt.DebugOption = False,
     trust_remote_code: opt.TrustRemoteCodeOption = False,
+    no_cache: opt.NoCacheOption = False,
 ) -> None:
     """Caption every video in a folder, one record per video appended as it is done; re-running resumes.
 
@@ -134,7 +135,9 @@ def caption(
                                revision=revision, trust_remote_code=trust_remote_code)
             check_frame_count(qa.family, settings.frames)
             with ProgressEvents(stderr) as events:
-                run.run(qa, events=events, worker=worker)
+                from framefusion.feature_cache import FeatureCache
+
+                run.run(qa, events=events, worker=worker, cache=None if no_cache else FeatureCache())
         except KeyboardInterrupt:
             run.summary.interrupted = True
             finish(run.summary)

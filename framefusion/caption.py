@@ -306,8 +306,9 @@ class CaptionRun:
         events.video_finished(video, record)
 
     def run(self, qa: Any, *, events: CaptionEvents | None = None,
-            worker: DecodeWorker | None = None) -> CaptionSummary:
-        """Caption every pending video in this process. worker: the decoder child to use (one is made if None).
+            worker: DecodeWorker | None = None, cache: Any = None) -> CaptionSummary:
+        """Caption every pending video in this process. worker: the decoder child to use (one is made if None);
+        cache: the vision-feature cache (None: off).
 
         On KeyboardInterrupt the current video is dropped (no record), the summary is marked interrupted, and the
         interrupt propagates."""
@@ -323,7 +324,7 @@ class CaptionRun:
                 events.video_started(video)
                 following = self.pending[index + 1] if index + 1 < len(self.pending) else None
                 record = caption_one_video(qa, self.folder, video, self.settings, decoder, versions,
-                                           following=following)
+                                           following=following, cache=cache)
                 self.record(video, record, events)
         except KeyboardInterrupt:
             self.summary.interrupted = True
@@ -336,17 +337,29 @@ class CaptionRun:
 
 def caption_one_video(qa: Any, folder: Path, video: str, settings: CaptionSettings, decoder: DecodeWorker,
                       versions: dict[str, str], *, following: str | None = None,
-                      worker: str = LOCAL_WORKER) -> dict[str, Any]:
+                      worker: str = LOCAL_WORKER, cache: Any = None) -> dict[str, Any]:
     """The record (caption or error) of `video` (relative to `folder`); never raises for one video's failure.
 
     The decoder must already have `video` submitted, or nothing pending (then it is submitted here); following: the
-    video to decode next while the model works on this one. worker: goes into the record.
+    video to decode next while the model works on this one. worker: goes into the record. cache: the vision-feature
+    cache (feature_cache.FeatureCache; None: off): a hit skips decoding and the vision encoder.
     """
-    from framefusion.pipeline import ask_video
+    from framefusion.preflight import cached_video, feature_key, keep_features
 
     timeout = settings.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     path = str(folder / video)
+    key = hit = None
+    if cache is not None:
+        try:
+            key = feature_key(qa, _run_sampling(settings), path)
+            hit = cached_video(qa, cache, key, path)
+        except OSError:
+            key = None  # unreadable file: decoding reports it
+    if hit is not None and decoder.pending != path:
+        if following is not None:
+            decoder.submit(str(folder / following), settings)
+        return _caption_prepared(qa, video, path, settings, hit, versions, worker, deadline, timeout)
     if decoder.pending is None:
         decoder.submit(path, settings)
     try:
@@ -357,16 +370,44 @@ def caption_one_video(qa: Any, folder: Path, video: str, settings: CaptionSettin
         return error_record(video, settings, one_line_error(error, path), versions, worker)
     if following is not None:
         decoder.submit(str(folder / following), settings)
+    if hit is not None:  # decoded while the previous video ran (prefetch): the cached features serve all the same
+        return _caption_prepared(qa, video, path, settings, hit, versions, worker, deadline, timeout)
     try:
         if deadline is not None and time.monotonic() > deadline:
             raise ModelTimeout()
         with deadline_for_modules(deadline):
-            result = ask_video(qa, clip, [settings.prompt], decode_seconds=decode_seconds,
-                               max_new_tokens=settings.max_new_tokens)[0]
+            prepared = keep_features(qa, cache, key, qa.prepare_video(
+                clip, decode_seconds, max_difference=qa.profile.max_difference))
     except ModelTimeout:
-        message = (f"timeout={timeout:g}: the model took longer than this allows for one video; raise it or sample "
-                   "fewer frames")
-        return error_record(video, settings, message, versions, worker)
+        return error_record(video, settings, _model_timeout_message(timeout), versions, worker)
+    except Exception as error:  # noqa: BLE001 - one video's failure must not stop the batch
+        return error_record(video, settings, one_line_error(error, path), versions, worker)
+    return _caption_prepared(qa, video, path, settings, prepared, versions, worker, deadline, timeout)
+
+
+def _run_sampling(settings: CaptionSettings) -> dict[str, Any]:
+    """The sampling as preflight.RunSettings.sampling() spells it, so caption and ask share feature-cache entries."""
+    return {"frames": settings.frames if settings.fps is None else None, "fps": settings.fps,
+            "max_frames": settings.max_frames, "start": None, "end": None}
+
+
+def _model_timeout_message(timeout: float | None) -> str:
+    return (f"timeout={timeout:g}: the model took longer than this allows for one video; raise it or sample "
+            "fewer frames")
+
+
+def _caption_prepared(qa: Any, video: str, path: str, settings: CaptionSettings, prepared: Any,
+                      versions: dict[str, str], worker: str, deadline: float | None,
+                      timeout: float | None) -> dict[str, Any]:
+    from framefusion.pipeline import ask_video
+
+    try:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ModelTimeout()
+        with deadline_for_modules(deadline):
+            result = ask_video(qa, prepared, [settings.prompt], max_new_tokens=settings.max_new_tokens)[0]
+    except ModelTimeout:
+        return error_record(video, settings, _model_timeout_message(timeout), versions, worker)
     except Exception as error:  # noqa: BLE001 - one video's failure must not stop the batch
         return error_record(video, settings, one_line_error(error, path), versions, worker)
     return caption_record(video, settings, result, versions, worker)

@@ -126,26 +126,43 @@ def prepare_video_file(qa: Any, settings: RunSettings, video: str | Path, cache:
     vision encoder (frame dedup), or take its features from `cache` (a feature_cache.FeatureCache; None: off). A hit
     skips decoding and the vision encoder: the clip comes back as blank frames of the sampled size with the sampled
     timestamps, which is all a prompt needs. Returns a PreparedVideo."""
-    from framefusion.feature_cache import CachedVideo, cache_key, video_fingerprint
+    key = feature_key(qa, settings.sampling(), video) if cache is not None else None
+    hit = cached_video(qa, cache, key, video)
+    if hit is not None:
+        return hit
+    clip, decode_seconds = read_clip(settings, video)
+    return keep_features(qa, cache, key, qa.prepare_video(clip, decode_seconds,
+                                                          max_difference=qa.profile.max_difference))
+
+
+def feature_key(qa: Any, sampling: dict[str, Any], video: str | Path) -> str:
+    """The feature-cache key of `video` sampled as `sampling` (RunSettings.sampling()) for `qa`'s model and profile."""
+    from framefusion.feature_cache import cache_key, video_fingerprint
+
+    # Stages before the vision encoder change the features; without any the key is what it always was.
+    return cache_key(video=video_fingerprint(video), sampling=sampling, stages=qa.profile.pre_vision_stages(),
+                     model=qa.identity, dtype=str(qa.model.dtype), device_type=qa.device.type)
+
+
+def cached_video(qa: Any, cache: Any, key: str | None, video: str | Path) -> Any:
+    """The PreparedVideo of a feature-cache hit (decoding and vision: 0 s), or None (a miss, or no cache)."""
     from framefusion.results import PreparedVideo
 
-    max_difference = qa.profile.max_difference
-    if cache is None:
-        clip, decode_seconds = read_clip(settings, video)
-        return qa.prepare_video(clip, decode_seconds, max_difference=max_difference)
-    # Stages before the vision encoder change the features; without any the key is what it always was.
-    key = cache_key(video=video_fingerprint(video), sampling=settings.sampling(), stages=qa.profile.pre_vision_stages(),
-                    model=qa.identity, dtype=str(qa.model.dtype), device_type=qa.device.type)
-    entry = cache.load(key, qa.device)
-    if entry is not None:
-        clip = _blank_clip(entry.clip, str(video))
-        video_inputs = dict.fromkeys(entry.details.get("video_input_keys", ()))
-        return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit",
-                             frames_encoded=entry.details.get("frames_encoded"))
-    clip, decode_seconds = read_clip(settings, video)
-    prepared = qa.prepare_video(clip, decode_seconds, max_difference=max_difference)
-    if prepared.vision_features is None:
-        return prepared  # the model encodes inside generate(): nothing to keep
+    entry = cache.load(key, qa.device) if cache is not None else None
+    if entry is None:
+        return None
+    clip = _blank_clip(entry.clip, str(video))
+    video_inputs = dict.fromkeys(entry.details.get("video_input_keys", ()))
+    return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit",
+                         frames_encoded=entry.details.get("frames_encoded"))
+
+
+def keep_features(qa: Any, cache: Any, key: str | None, prepared: Any) -> Any:
+    """Store a freshly prepared video's features under `key` (a miss); the PreparedVideo, marked, comes back."""
+    from framefusion.feature_cache import CachedVideo
+
+    if cache is None or prepared.vision_features is None:
+        return prepared  # no cache, or the model encodes inside generate(): nothing to keep
     stored = CachedVideo(prepared.vision_modality, prepared.vision_features, _clip_description(prepared.clip),
                          {"model": qa.model_name, "video_input_keys": sorted(prepared.video_inputs),
                           "frames_encoded": prepared.frames_encoded})

@@ -79,3 +79,24 @@ def test_cache_info_and_clear(tmp_path):
     assert bad.exit_code == 2 and "--older-than soon" in bad.stderr
     assert "removed 1 entry" in runner.invoke(app, ["cache", "clear"]).stdout
     assert json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)["entries"] == 0
+
+
+def test_caption_uses_the_cache_of_ask_and_gives_the_same_caption(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / "clip.mp4")
+    output = tmp_path / "captions.jsonl"
+    arguments = ["caption", str(folder), "--model", "random:tiny-qwen2-vl", "--frames", "8", "--max-new-tokens", "8",
+                 "--device", "cpu", "--backend", "pyav", "--prompt", "What happens?"]
+    first = CliRunner().invoke(app, [*arguments, "--output", str(output)])
+    assert first.exit_code == 0, first.output
+    [miss] = [json.loads(line) for line in output.read_text().splitlines()]
+    again = tmp_path / "again.jsonl"
+    second = CliRunner().invoke(app, [*arguments, "--output", str(again)])
+    assert second.exit_code == 0, second.output
+    [hit] = [json.loads(line) for line in again.read_text().splitlines()]
+    assert hit["caption"] == miss["caption"] and hit["tokens"] == miss["tokens"]
+    assert hit["timings"]["vision"] == 0 and miss["timings"]["vision"] > 0
+    # The same video asked about with the same sampling hits the entry caption left.
+    payload, _ = ask(folder / "clip.mp4")
+    assert payload["cache"] == "hit" and payload["answer"] == miss["caption"]
