@@ -59,10 +59,10 @@ def bench(
 
     def work() -> None:
         from framefusion import bench as library
-        from framefusion.model_zoo import parse_model_spec
-        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa, resolve_device, resolve_dtype
+        from framefusion.pipeline import DEFAULT_FRAMES, resolve_device, resolve_dtype
+        from framefusion.preflight import RunSettings, check_run, open_run
         from framefusion.profiles import get_profile
-        from framefusion.video import check_sampling_arguments, probe_video, read_video
+        from framefusion.video import read_video
         from framefusion_cli import plots
 
         # Everything that can be checked without the model is checked first.
@@ -70,14 +70,12 @@ def bench(
         library.check_bench_arguments(names, repeat, warmup, max_new_tokens)
         chosen = [get_profile(name, profiles_file) for name in names]
         frame_count = frames if frames is not None else DEFAULT_FRAMES
-        check_sampling_arguments(num_frames=frame_count, fps=None, max_frames=frame_count, start=None, end=None,
-                                 backend=backend)
-        spec = parse_model_spec(model)
-        check_frame_count(getattr(spec, "family", None), frame_count)
+        settings = RunSettings(model=model, profile=names[0], profiles_file=profiles_file, frames=frame_count,
+                               max_frames=frame_count, device=device, dtype=dtype, attn_implementation=attn,
+                               backend=backend)
+        checked = check_run(settings, [video] if video is not None else [])  # the same checks as ask
         if plot is not None:
             plots.check_plot_path(plot)
-        if video is not None:
-            probe_video(video)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
 
@@ -88,8 +86,7 @@ def bench(
                 source = library.synthetic_bench_video()
                 generated_folder = source.parent
             log(f"loading {model} ...")
-            qa = open_video_qa(model, chosen[0], device=device, dtype=dtype, attn_implementation=attn)
-            check_frame_count(qa.family, frame_count)
+            qa = open_run(checked)
             started = time.perf_counter()
             clip = read_video(source, num_frames=frame_count, backend=backend)
             decode_seconds = time.perf_counter() - started

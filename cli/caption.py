@@ -79,17 +79,13 @@ def caption(
     def work() -> None:
         from framefusion.caption import DEFAULT_PROMPT, CaptionRun, CaptionSettings, DecodeWorker
         from framefusion.model_zoo import parse_model_spec
-        from framefusion.pipeline import DEFAULT_FRAMES, check_frame_count, open_video_qa
-        from framefusion.profiles import get_profile
-        from framefusion.video import check_sampling_arguments
+        from framefusion.preflight import RunSettings, check_run, open_run
 
         # Everything that can be checked without the model is checked first.
         if timeout is not None and not timeout > 0:
             raise InputError(f"--timeout must be a number of seconds > 0, got {timeout}")
         if max_new_tokens < 1:
             raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-        if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
-            raise InputError(f"unknown --attn {attn!r}: use sdpa, eager or flash_attention_2")
         if engine not in ("local", "ray"):
             raise InputError(f"unknown --engine {engine!r}: use local or ray")
         ray_flags = {"--workers": workers, "--address": address, "--gpus-per-worker": gpus_per_worker,
@@ -101,12 +97,13 @@ def caption(
             from framefusion.caption_ray import import_ray
 
             import_ray()  # says how to install it, before anything else
-        frame_count = frames if frames is not None or fps is not None else DEFAULT_FRAMES
-        check_sampling_arguments(num_frames=frame_count, fps=fps, max_frames=max_frames, start=None, end=None,
-                                 backend=backend)
-        chosen_profile = get_profile(profile, profiles_file)
+        run_settings = RunSettings(
+            model=model, profile=profile, profiles_file=profiles_file, revision=revision, frames=frames, fps=fps,
+            max_frames=max_frames, device=device, dtype=dtype, attn_implementation=attn, backend=backend,
+            trust_remote_code=trust_remote_code)
+        checked = check_run(run_settings)  # the same checks as ask; each video is checked when its turn comes
+        chosen_profile, frame_count = checked.profile, run_settings.frame_count
         spec = parse_model_spec(model)
-        check_frame_count(getattr(spec, "family", None), frame_count)
         model_name = spec.name + (f"@{revision}" if revision else "")
         destination = output if output is not None else Path(
             "captions.csv" if output_format == "csv" else "captions.jsonl")
@@ -131,9 +128,7 @@ def caption(
             # The first video decodes while the model loads.
             run.prefetch(worker)
             log(f"loading {model} ...")
-            qa = open_video_qa(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
-                               revision=revision, trust_remote_code=trust_remote_code)
-            check_frame_count(qa.family, settings.frames)
+            qa = open_run(checked)
             with ProgressEvents(stderr) as events:
                 from framefusion.feature_cache import FeatureCache
 
