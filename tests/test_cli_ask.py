@@ -131,7 +131,7 @@ def test_profiles_and_models_list_what_is_available():
 
 
 def test_vision_features_computed_under_another_profile_are_reduced():
-    from framefusion.pipeline import ask_video, open_video_qa
+    from framefusion.pipeline import open_video_qa
     from framefusion.profiles import get_profile
     from framefusion.video import read_video
 
