@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 from typing import Iterable
 
 import psutil
+import pytest
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -45,3 +48,17 @@ def command_line(process: psutil.Process) -> str:
 
 def describe(processes: Iterable[psutil.Process]) -> str:
     return "; ".join(f"{process.pid} {command_line(process)[:160] or '(ended)'}" for process in processes)
+
+
+def wait_for_records(process: subprocess.Popen, output: Path, count: int, limit: float) -> None:
+    """Wait until a running caption command has written `count` records (lines) to `output`; fail the test if it
+    exits first or `limit` seconds pass (then it is killed)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if output.exists() and output.read_bytes().count(b"\n") >= count:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"caption exited early ({process.returncode}): {process.stdout.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("no record was written in time")

@@ -33,7 +33,7 @@ from framefusion.caption import (
 )
 from framefusion.profiles import get_profile
 from framefusion_cli.app import app
-from processes import describe, descendants, still_running_after
+from processes import describe, descendants, still_running_after, wait_for_records
 from videos import write_indexed_video
 
 MODEL = "random:tiny-qwen2-vl"
@@ -342,18 +342,6 @@ def _start_cli(folder: Path, output: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_records(process: subprocess.Popen, output: Path, count: int, limit: float = 90) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if output.exists() and output.read_bytes().count(b"\n") >= count:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"caption exited early ({process.returncode}): {process.stdout.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("no record was written in time")
-
-
 @pytest.fixture
 def many_videos(video_folder, tmp_path) -> Path:
     folder = tmp_path / "many"
@@ -368,7 +356,7 @@ def many_videos(video_folder, tmp_path) -> Path:
 def test_kill_9_mid_batch_leaves_a_valid_file_that_the_next_run_completes(many_videos, tmp_path, cli):
     output = tmp_path / "captions.jsonl"
     process = _start_cli(many_videos, output)
-    _wait_for_records(process, output, 2)
+    wait_for_records(process, output, 2, limit=90)
     children = descendants(process.pid)
     assert children, "the decoder child should be running mid-batch"
     process.send_signal(signal.SIGKILL)
@@ -393,7 +381,7 @@ def test_kill_9_mid_batch_leaves_a_valid_file_that_the_next_run_completes(many_v
 def test_ctrl_c_drops_the_current_video_and_exits_130(many_videos, tmp_path):
     output = tmp_path / "captions.jsonl"
     process = _start_cli(many_videos, output)
-    _wait_for_records(process, output, 1)
+    wait_for_records(process, output, 1, limit=90)
     process.send_signal(signal.SIGINT)
     text = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 130, text

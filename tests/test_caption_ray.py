@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from framefusion.caption_ray import KILL_WORKER_VARIABLE, RayOptions, check_vide
 from framefusion.errors import InputError
 from framefusion.profiles import get_profile
 from framefusion_cli.app import app
-from processes import command_line, describe, descendants, still_running_after
+from processes import command_line, describe, descendants, still_running_after, wait_for_records
 from videos import write_indexed_video
 
 MODEL = "random:tiny-qwen2-vl"
@@ -233,18 +232,6 @@ def _start_driver(folder: Path, output: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_a_record(process: subprocess.Popen, output: Path, limit: float = 120) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if output.exists() and output.read_bytes().count(b"\n") >= 1:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"caption exited early ({process.returncode}): {process.stdout.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("no record was written in time")
-
-
 @pytest.fixture
 def many_videos(folder, tmp_path) -> Path:
     many = tmp_path / "many"
@@ -258,7 +245,7 @@ def many_videos(folder, tmp_path) -> Path:
 def test_a_killed_driver_leaves_no_ray_process_behind(many_videos, tmp_path):
     output = tmp_path / "captions.jsonl"
     process = _start_driver(many_videos, output)
-    _wait_for_a_record(process, output)
+    wait_for_records(process, output, 1, limit=120)
     started = descendants(process.pid)  # Ray's daemons, its workers, their decoders, the reaper
     assert any("raylet" in command_line(child) for child in started), describe(started)
     process.send_signal(signal.SIGKILL)
