@@ -53,6 +53,7 @@ def bench(
     json_output: opt.JsonOption = False,
     plot: PlotOption = None,
     debug: opt.DebugOption = False,
+    hub_kernels: opt.HubKernelsOption = False,
 ) -> None:
     """Measure reduction profiles side by side on one model and video: tokens, time, memory, speedups."""
     from framefusion_cli.app import log, run_guarded, stdout
@@ -72,7 +73,7 @@ def bench(
         frame_count = frames if frames is not None else DEFAULT_FRAMES
         settings = RunSettings(model=model, profile=names[0], profiles_file=profiles_file, frames=frame_count,
                                max_frames=frame_count, device=device, dtype=dtype, attn_implementation=attn,
-                               backend=backend)
+                               backend=backend, hub_kernels=hub_kernels)
         checked = check_run(settings, [video] if video is not None else [])  # the same checks as ask
         if plot is not None:
             plots.check_plot_path(plot)

@@ -49,6 +49,7 @@ def calibrate(
     json_output: opt.JsonOption = False,
     debug: opt.DebugOption = False,
     trust_remote_code: opt.TrustRemoteCodeOption = False,
+    hub_kernels: opt.HubKernelsOption = False,
 ) -> None:
     """Measure, on your own videos, how similar each video token is to the same place in the previous frame, layer
     by layer, and propose FrameFusion's similarity threshold S_th by the authors' rule: the mean over videos of the
@@ -67,7 +68,7 @@ def calibrate(
         settings = RunSettings(
             model=model, profile="baseline", revision=revision, frames=frames, fps=fps, max_frames=max_frames,
             start=start, end=end, device=device, dtype=dtype, attn_implementation=attn, backend=backend,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
         frame_count = settings.frame_count
         if frame_count is not None and frame_count < 2:
             raise InputError("calibration compares frames with the previous one: sample at least 2",

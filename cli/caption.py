@@ -66,6 +66,7 @@ def caption(
         "--json", help="Print the summary as JSON on stdout (progress and logs go to stderr).")] = False,
     debug: opt.DebugOption = False,
     trust_remote_code: opt.TrustRemoteCodeOption = False,
+    hub_kernels: opt.HubKernelsOption = False,
     no_cache: opt.NoCacheOption = False,
 ) -> None:
     """Caption every video in a folder, one record per video appended as it is done; re-running resumes.
@@ -100,7 +101,7 @@ def caption(
         run_settings = RunSettings(
             model=model, profile=profile, profiles_file=profiles_file, revision=revision, frames=frames, fps=fps,
             max_frames=max_frames, device=device, dtype=dtype, attn_implementation=attn, backend=backend,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
         checked = check_run(run_settings)  # the same checks as ask; each video is checked when its turn comes
         chosen_profile, frame_count = checked.profile, run_settings.frame_count
         spec = parse_model_spec(model)
@@ -145,7 +146,7 @@ def caption(
         from framefusion.caption_ray import ModelRecipe, RayOptions, caption_on_ray
 
         recipe = ModelRecipe(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
-                             revision=revision, trust_remote_code=trust_remote_code)
+                             revision=revision, trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
         options = RayOptions(workers=workers, address=address, cpus_per_worker=cpus_per_worker,
                              gpus_per_worker=gpus_per_worker)
         if not debug:

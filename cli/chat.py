@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         json_output: opt.JsonOption = False,
         debug: opt.DebugOption = False,
         trust_remote_code: opt.TrustRemoteCodeOption = False,
+        hub_kernels: opt.HubKernelsOption = False,
         no_reference_positions: opt.NoReferencePositionsOption = False,
         no_cache: opt.NoCacheOption = False,
         save: Annotated[Optional[Path], typer.Option(
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
             settings = RunSettings(
                 model=model, profile=profile, profiles_file=profiles_file, revision=revision, frames=frames, fps=fps,
                 max_frames=max_frames, start=start, end=end, device=device, dtype=dtype, attn_implementation=attn,
-                backend=backend, trust_remote_code=trust_remote_code, reference_positions=not no_reference_positions)
+                backend=backend, trust_remote_code=trust_remote_code, hub_kernels=hub_kernels,
+                reference_positions=not no_reference_positions)
             checked = check_run(settings, [video])
             log(f"loading {model} ...")
             qa = open_run(checked)

@@ -55,6 +55,8 @@ def report_table(report: DoctorReport) -> Table:
     verdict = "[green]yes[/green]" if support.in_tested_range else "[yellow]no[/yellow]"
     table.add_row("transformers", support.version or "not installed")
     table.add_row("in tested range", f"{verdict}: {support.tested_range} (newest tested {support.newest_tested})")
+    kernels = report.hub_kernels
+    table.add_row("hub kernels", _hub_kernels_summary(kernels))
     for name, version in report.packages.items():
         table.add_row(name, version or "[dim]not installed[/dim]")
 
@@ -94,6 +96,18 @@ def report_table(report: DoctorReport) -> Table:
     table.add_row("endpoint", hub["endpoint"])
     table.add_row("state", f"[{colour}]{hub['state']}[/{colour}] ({hub['detail']})")
     return table
+
+
+def _hub_kernels_summary(kernels) -> str:
+    """What transformers would do with hub kernels, what framefusion does, and whether --hub-kernels would work."""
+    transformers_default = ("transformers kernelizes every model by default" if kernels.kernelizes_by_default
+                            else "transformers does not kernelize by default")
+    package = f"kernels {kernels.kernels}" if kernels.kernels else "kernels not installed"
+    if kernels.kernels and not kernels.kernels_usable:
+        package += " (not a version this transformers accepts)"
+    on_request = ("--hub-kernels turns them on" if kernels.unavailable is None
+                  else f"--hub-kernels would be refused: {kernels.unavailable}")
+    return f"{transformers_default}; {package}; ask keeps them off, {on_request}"
 
 
 def _gb(count: int) -> str:

@@ -48,6 +48,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print only JSON on std
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 TrustRemoteCodeOption = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow the model repository's own Python code to run (off by default).")]
+HubKernelsOption = Annotated[bool, typer.Option(
+    "--hub-kernels", help="Let transformers replace layer forwards with kernels downloaded from the Hugging Face hub "
+                          "(off by default: transformers' own forwards run).")]
 NoReferencePositionsOption = Annotated[bool, typer.Option(
     "--no-reference-positions",
     help="Keep transformers 5.x's rotary positions where a family's reference ones differ (docs/positions.md), "

@@ -91,13 +91,14 @@ class ModelRecipe:
     attn_implementation: str = "sdpa"
     revision: str | None = None
     trust_remote_code: bool = False
+    hub_kernels: bool = False
 
     def open(self, device: str) -> Any:
         from framefusion.pipeline import open_video_qa
 
         return open_video_qa(self.model_spec, self.profile, device=device, dtype=self.dtype,
                              attn_implementation=self.attn_implementation, revision=self.revision,
-                             trust_remote_code=self.trust_remote_code)
+                             trust_remote_code=self.trust_remote_code, hub_kernels=self.hub_kernels)
 
 
 @dataclass(frozen=True)

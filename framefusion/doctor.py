@@ -30,6 +30,19 @@ class TransformersSupport:
 
 
 @dataclass
+class HubKernels:
+    """Hub kernels (layer forwards replaced by kernels fetched from the hub): what transformers does on its own, and
+    what a framefusion run does."""
+
+    kernelizes_by_default: bool  # a plain from_pretrained on this transformers and environment kernelizes the model
+    environment: str | None  # USE_HUB_KERNELS as set (None: unset)
+    kernels: str | None  # the installed `kernels` version (None: not installed)
+    kernels_usable: bool  # whether this transformers accepts that version
+    used_by_default: bool  # whether a framefusion run (ask, caption, ...) uses them without being asked: never
+    unavailable: str | None  # why asking for them would be refused here (None: they can be had)
+
+
+@dataclass
 class Gpu:
     index: int
     name: str
@@ -77,6 +90,7 @@ class DoctorReport:
     platform: str
     torch: str | None
     transformers: TransformersSupport
+    hub_kernels: HubKernels
     packages: dict[str, str | None]  # distribution -> version, None when not installed
     devices: Devices
     defaults: Defaults
@@ -99,6 +113,7 @@ def gather_report(*, probe_timeout: float | None = None) -> DoctorReport:
         platform=platform.platform(),
         torch=torch_version(),
         transformers=transformers_support(),
+        hub_kernels=hub_kernels_support(),
         packages={name: installed_version(name) for name in OPTIONAL_PACKAGES},
         devices=gather_devices(),
         defaults=default_settings(),
@@ -137,6 +152,20 @@ def transformers_support() -> TransformersSupport:
         inside = False
     return TransformersSupport(version=version, tested_range=TESTED_TRANSFORMERS,
                                newest_tested=NEWEST_TESTED_TRANSFORMERS, in_tested_range=inside)
+
+
+def hub_kernels_support() -> HubKernels:
+    from framefusion import transformers_compat as compat
+
+    try:
+        version, usable = compat.hub_kernels_package()
+        return HubKernels(kernelizes_by_default=compat.kernelizes_by_default(),
+                          environment=os.environ.get(compat.HUB_KERNELS_ENVIRONMENT), kernels=version,
+                          kernels_usable=usable, used_by_default=False, unavailable=compat.hub_kernels_unavailable())
+    except Exception as error:  # noqa: BLE001 - a broken transformers is what the versions above already show
+        return HubKernels(kernelizes_by_default=False, environment=os.environ.get(compat.HUB_KERNELS_ENVIRONMENT),
+                          kernels=installed_version("kernels"), kernels_usable=False, used_by_default=False,
+                          unavailable=_first_line(error))
 
 
 def gather_devices() -> Devices:

@@ -47,7 +47,7 @@ class FrameFusionLMM(lmms):
 
     Model arguments (`--model_args key=value,...`) are those of `framefusion ask`: pretrained (hub id, local folder,
     alias or random:tiny-<family>), revision, profile, profiles_file, frames / fps / max_frames, start, end, backend,
-    device, dtype, attn, system, trust_remote_code, reference_positions; and warmup (answers run untimed before the
+    device, dtype, attn, system, trust_remote_code, hub_kernels, reference_positions; and warmup (answers run untimed before the
     first sample, so that the first prefill time is not a cold start).
     """
 
@@ -57,7 +57,8 @@ class FrameFusionLMM(lmms):
                  profiles_file: str | None = None, frames: int | None = None, fps: float | None = None,
                  max_frames: int = 64, start: float | None = None, end: float | None = None, backend: str = "auto",
                  device: str | None = None, dtype: str = "auto", attn: str = "sdpa", revision: str | None = None,
-                 system: str | None = None, trust_remote_code: bool = False, reference_positions: bool = True,
+                 system: str | None = None, trust_remote_code: bool = False, hub_kernels: bool = False,
+                 reference_positions: bool = True,
                  warmup: int = 1, batch_size: int | str = 1, max_batch_size: int | None = None,
                  **unknown: Any) -> None:
         super().__init__()
@@ -68,7 +69,7 @@ class FrameFusionLMM(lmms):
             raise InputError(
                 f"unknown model argument(s) {', '.join(sorted(unknown))}; framefusion takes pretrained, revision, "
                 "profile, profiles_file, frames, fps, max_frames, start, end, backend, device, dtype, attn, system, "
-                "trust_remote_code, reference_positions, warmup"
+                "trust_remote_code, hub_kernels, reference_positions, warmup"
             )
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise NotImplementedError("framefusion runs in one process; run lmms-eval without accelerate launch "
@@ -82,7 +83,7 @@ class FrameFusionLMM(lmms):
             profiles_file=Path(profiles_file) if profiles_file else None, revision=revision,
             frames=_whole_number("frames", frames), fps=fps, max_frames=_whole_number("max_frames", max_frames),
             start=start, end=end, device=str(device or "auto"), dtype=str(dtype), attn_implementation=str(attn),
-            backend=str(backend), trust_remote_code=bool(trust_remote_code),
+            backend=str(backend), trust_remote_code=bool(trust_remote_code), hub_kernels=bool(hub_kernels),
             reference_positions=bool(reference_positions),
         )
         self.sampling = dict(num_frames=self.settings.frame_count, fps=fps, max_frames=self.settings.max_frames,

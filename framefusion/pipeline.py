@@ -330,10 +330,11 @@ def check_frame_count(family: str | None, frames: int | None) -> None:
 
 def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dtype: str = "auto",
                   attn_implementation: str = "sdpa", revision: str | None = None, trust_remote_code: bool = False,
-                  reference_positions: bool = True, frames: int | None = None,
+                  hub_kernels: bool = False, reference_positions: bool = True, frames: int | None = None,
                   frame_size: tuple[int, int] | None = None) -> VideoQA:
     """Load a model (hub id, local path, alias or random:*) and set it up under `profile`.
 
+    hub_kernels: let transformers replace layer forwards by kernels from the hub (off by default).
     frames, frame_size ((width, height) of the video): what the memory estimate made before loading assumes;
     without frames only the weights are checked. Raises InputError with the estimate and what to change when the
     model and the KV cache of `frames` frames do not fit in the device's free memory.
@@ -348,7 +349,7 @@ def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dt
                       attn_implementation=attn_implementation, revision=revision)
     loaded = load_model(spec, dtype=torch_dtype, device=str(torch_device),
                         attn_implementation=attn_implementation, revision=revision,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
     if find_family(loaded.model) is None and profile.reduction_kwargs() is not None:
         raise InputError(
             f"{loaded.name} is a {type(loaded.model).__name__}, which FrameFusion does not support yet "

@@ -36,6 +36,7 @@ class RunSettings:
     attn_implementation: str = "sdpa"
     backend: str = "auto"
     trust_remote_code: bool = False
+    hub_kernels: bool = False
     reference_positions: bool = True
 
     @property
@@ -73,7 +74,7 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
               ) -> CheckedRun:
     """Check everything that can be checked without the model: the attention backend, the sampling, the profile(s),
     the model name and its frame multiple when the name tells the family, and each video (opened and probed)."""
-    from framefusion.model_zoo import parse_model_spec
+    from framefusion.model_zoo import check_hub_kernels, parse_model_spec
     from framefusion.pipeline import check_frame_count
     from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
 
@@ -86,6 +87,8 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
     for name in extra_profiles:
         get_profile(name, settings.profiles_file)
     spec = parse_model_spec(settings.model)
+    if settings.hub_kernels:
+        check_hub_kernels()
     check_frame_count(getattr(spec, "family", None), settings.frame_count)
     infos = []
     for video in videos:
@@ -104,7 +107,8 @@ def open_run(checked: CheckedRun) -> Any:
     qa = open_video_qa(
         settings.model, checked.profile, device=settings.device, dtype=settings.dtype,
         attn_implementation=settings.attn_implementation, revision=settings.revision,
-        trust_remote_code=settings.trust_remote_code, reference_positions=settings.reference_positions,
+        trust_remote_code=settings.trust_remote_code, hub_kernels=settings.hub_kernels,
+        reference_positions=settings.reference_positions,
         frames=settings.most_frames, frame_size=checked.largest_frame,
     )
     check_frame_count(qa.family, settings.frame_count)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+import os
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # The first release with `mm_encoder_outputs` (pre-encoded vision features passed to forward/generate) and the newest
 # one CI installed. Keep in step with pyproject.toml and the README.
 LOWEST_TRANSFORMERS = "5.18.0"
-NEWEST_TESTED_TRANSFORMERS = "5.24.0"
+NEWEST_TESTED_TRANSFORMERS = "5.25.0"
 TESTED_TRANSFORMERS = f">={LOWEST_TRANSFORMERS},<6"
 
 # Keyword under which generate() and the model forward accept vision features computed beforehand, by modality.
@@ -30,6 +32,12 @@ ROPE_INDEX_METHOD = "get_rope_index"  # Qwen2-VL-style 3D rotary positions, comp
 ROPE_DELTAS_ATTRIBUTE = "rope_deltas"  # ... and the offset they leave for decoding, cached on the inner model
 VIDEO_FEATURES_METHOD = "get_video_features"
 DEEPSTACK_METHOD = "_deepstack_process"  # Qwen3-VL's text model adding visual features to early layers' outputs
+# Hub kernels: from 5.25 on, from_pretrained "kernelizes" every model (replaces layer forwards with kernels fetched
+# from the hub) unless `use_kernels=False` is passed or USE_HUB_KERNELS says no; before 5.25 it was opt-in.
+HUB_KERNELS_KEYWORD = "use_kernels"
+HUB_KERNELS_ENVIRONMENT = "USE_HUB_KERNELS"
+FIRST_KERNELIZING_TRANSFORMERS = "5.25.0"
+_TRUE_WORDS = ("true", "1", "y", "yes", "on")  # what transformers reads as yes (5.18 reads a subset, upper-case)
 # Keyword names the KV cache has had, newest first.
 _CACHE_KEYWORDS = ("cache", "past_key_values")
 
@@ -146,3 +154,71 @@ def vision_encoder(model: torch.nn.Module, modality: str) -> Callable | None:
     if ENCODER_OUTPUTS_KEYWORD not in accepted_keywords(model.forward):
         return None
     return getattr(model.base_model, f"get_{modality}_features", None)
+
+
+def has_hub_kernels() -> bool:
+    """Whether the installed transformers can kernelize a model (from_pretrained takes `use_kernels`)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "set_use_kernels")
+
+
+def hub_kernels_load_options() -> dict[str, Any]:
+    """from_pretrained keyword arguments that keep hub kernels off; nothing on a release without them."""
+    return {HUB_KERNELS_KEYWORD: False} if has_hub_kernels() else {}
+
+
+def hub_kernels_allowed_by_environment() -> bool:
+    """Whether USE_HUB_KERNELS lets transformers use hub kernels (unset means yes)."""
+    return os.environ.get(HUB_KERNELS_ENVIRONMENT, "YES").lower() in _TRUE_WORDS
+
+
+def kernelizes_by_default() -> bool:
+    """Whether a plain from_pretrained (no `use_kernels`) on this release and environment kernelizes the model."""
+    from packaging.version import Version
+
+    return (has_hub_kernels() and Version(installed_version()) >= Version(FIRST_KERNELIZING_TRANSFORMERS)
+            and hub_kernels_allowed_by_environment())
+
+
+def hub_kernels_package() -> tuple[str | None, bool]:
+    """The installed `kernels` version (None: not installed) and whether this transformers accepts it."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("kernels")
+    except metadata.PackageNotFoundError:
+        return None, False
+    from transformers.utils.import_utils import is_kernels_available
+
+    return version, bool(is_kernels_available())
+
+
+def hub_kernels_requirement() -> str:
+    """The `kernels` versions the installed transformers accepts, as a pip requirement."""
+    from transformers.utils import import_utils
+
+    low = getattr(import_utils, "KERNELS_MIN_VERSION", None)
+    high = getattr(import_utils, "KERNELS_MAX_VERSION", None)
+    return "kernels" + ",".join(part for part in (f">={low}" if low else "", f"<{high}" if high else "") if part)
+
+
+def hub_kernels_unavailable() -> str | None:
+    """Why this installation cannot kernelize a model (None: it can). Checked before loading anything."""
+    if not has_hub_kernels():
+        return f"transformers {installed_version()} has no hub kernels: upgrade transformers or run without them"
+    if not hub_kernels_allowed_by_environment():
+        return (f"{HUB_KERNELS_ENVIRONMENT}={os.environ[HUB_KERNELS_ENVIRONMENT]} turns hub kernels off: "
+                f"unset {HUB_KERNELS_ENVIRONMENT} or run without them")
+    version, accepted = hub_kernels_package()
+    if not accepted:
+        found = "is not installed" if version is None else f"has {version}"
+        requirement = hub_kernels_requirement()
+        return (f"hub kernels need the kernels package ({requirement}) and this installation {found}: "
+                f"pip install '{requirement}'")
+    return None
+
+
+def kernelize(model: torch.nn.Module) -> None:
+    """Replace `model`'s layer forwards by hub kernels, as from_pretrained(use_kernels=True) does after loading."""
+    model.set_use_kernels(True)

@@ -132,3 +132,31 @@ def test_the_instance_methods_we_replace_exist_where_we_replace_them():
         assert "video_grid_thw" in inspect.signature(getattr(model_class, compat.VIDEO_FEATURES_METHOD)).parameters
     deepstack = inspect.signature(getattr(Qwen3VLTextModel, compat.DEEPSTACK_METHOD)).parameters
     assert list(deepstack)[1:] == ["hidden_states", "visual_pos_masks", "visual_embeds"]
+
+
+def test_the_cache_keyword_stays_the_new_name_where_the_old_one_is_also_shown():
+    # 5.25 exposes a deprecated keyword in signatures (deprecate_kwarg(expose_in_signature=True)): where both names
+    # show, the newer one is the one to pass, or every call is a deprecation.
+    from transformers import masking_utils
+
+    parameters = inspect.signature(masking_utils.create_causal_mask).parameters
+    shown = [name for name in ("cache", "past_key_values") if name in parameters]
+    assert compat.cache_keyword() == shown[0]
+
+
+def test_a_prefill_with_a_cache_is_never_read_as_packed_sequences():
+    # 5.25's masks treat position ids that restart as packed sequences, but only without a cache and a 2-D mask.
+    # Our prefills always carry a cache, and Qwen-VL positions of a video do restart per frame.
+    from transformers import DynamicCache
+    from transformers.masking_utils import create_causal_mask
+
+    model = tiny_models.qwen2_vl(num_layers=1)
+    config = model.config.get_text_config()
+    config._attn_implementation = "eager"  # a materialised mask to compare
+    embeddings = torch.zeros(1, 6, config.hidden_size)
+    restarting = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    keywords = {"position_ids": restarting} if "position_ids" in compat.accepted_keywords(create_causal_mask) else {}
+    mask = create_causal_mask(config=config, inputs_embeds=embeddings, attention_mask=torch.ones(1, 6, dtype=torch.long),
+                              **compat.cache_kwargs(DynamicCache(config=config)), **keywords)
+    causal = torch.tril(torch.ones(6, 6, dtype=torch.bool))
+    assert torch.equal(mask[0, 0] == 0, causal)

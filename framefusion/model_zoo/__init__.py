@@ -11,7 +11,13 @@ does not import torch or transformers.
 
 from framefusion.model_zoo.building import build_tiny_checkpoint, fill_random_weights
 from framefusion.model_zoo.kit import FamilyKit, family_kit, tiny_families
-from framefusion.model_zoo.loading import LoadedModel, ensure_tiny_checkpoint, framefusion_cache_dir, load_model
+from framefusion.model_zoo.loading import (
+    LoadedModel,
+    check_hub_kernels,
+    ensure_tiny_checkpoint,
+    framefusion_cache_dir,
+    load_model,
+)
 from framefusion.model_zoo.shapes import (
     ModelShape,
     build_random_model,
@@ -45,6 +51,7 @@ __all__ = [
     "list_aliases",
     "list_random_models",
     "list_shapes",
+    "check_hub_kernels",
     "load_model",
     "load_shape",
     "parse_model_spec",

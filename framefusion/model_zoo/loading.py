@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from framefusion import transformers_compat as compat
 from framefusion.errors import InputError, ModelLoadError
 from framefusion.model_zoo.building import DEFAULT_TINY_LAYERS, build_tiny_checkpoint
 from framefusion.model_zoo.hub import HubStatus, hub_access, hub_offline
@@ -49,20 +50,27 @@ def load_model(
     attn_implementation: str = "sdpa",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    hub_kernels: bool = False,
 ) -> LoadedModel:
     """Load `spec` (a ModelSpec or text for parse_model_spec) in `dtype` on `device` ("cpu", "cuda:0").
 
     `revision` (branch, tag or commit) applies to hub models only. `trust_remote_code` is passed to
-    transformers only when True. Raises InputError for bad input (found before loading anything, e.g. a
-    real-shape model too large for the device) and ModelLoadError when loading fails.
+    transformers only when True. Hub kernels (layer forwards replaced by kernels fetched from the hub, which
+    transformers 5.25 does by default) stay off unless `hub_kernels`. Raises InputError for bad input (found before
+    loading anything, e.g. a real-shape model too large for the device, or hub kernels this installation cannot
+    give) and ModelLoadError when loading fails.
     """
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    if hub_kernels:
+        check_hub_kernels()
     if revision is not None and spec.kind is not SpecKind.HUB:
         raise InputError(f"a revision applies to hub models only, not to {spec.name}: leave it out")
     if spec.kind is SpecKind.SHAPE:
         model, processor = build_random_model(
             spec.target, dtype=dtype, device=device, attn_implementation=attn_implementation
         )
+        if hub_kernels:
+            _kernelize(model, device)
         return LoadedModel(model=model, processor=processor, spec=spec, name=spec.name)
 
     source = _built_tiny_checkpoint(spec.target) if spec.kind is SpecKind.TINY else spec.target
@@ -83,7 +91,25 @@ def load_model(
         raise
     except Exception as error:
         raise ModelLoadError(explain_load_failure(error, spec, revision, hub=hub)) from error
+    if hub_kernels:
+        _kernelize(model, device)
     return LoadedModel(model=model, processor=processor, spec=spec, name=spec.name)
+
+
+def check_hub_kernels() -> None:
+    """Refuse hub kernels (InputError, setting `hub_kernels`) where this installation cannot give them."""
+    reason = compat.hub_kernels_unavailable()
+    if reason is not None:
+        raise InputError(reason, setting="hub_kernels")
+
+
+def _kernelize(model: PreTrainedModel, device: str) -> None:
+    # Loaded without kernels first, then kernelized as from_pretrained would: a failure here is the kernels' alone.
+    try:
+        compat.kernelize(model)
+    except Exception as error:
+        raise InputError(f"hub kernels could not be applied on {device} ({_first_line(error)}): run without them",
+                         setting="hub_kernels") from error
 
 
 def _built_tiny_checkpoint(family: str) -> str:
@@ -107,8 +133,10 @@ def _from_pretrained(
     # so the model loads on the CPU and moves after.
     direct = device != "cpu" and importlib.util.find_spec("accelerate") is not None
     placement = {"device_map": device} if direct else {}
+    # Hub kernels stay off here (transformers 5.25 turns them on by default); load_model applies them on request.
     model = AutoModelForImageTextToText.from_pretrained(
-        source, dtype=dtype, attn_implementation=attn_implementation, **placement, **options
+        source, dtype=dtype, attn_implementation=attn_implementation, **placement,
+        **compat.hub_kernels_load_options(), **options
     )
     if not direct:
         model = model.to(device)
