@@ -110,11 +110,11 @@ def ask(
     """Answer questions about a video and show what FrameFusion did to the tokens, and the time it took."""
 
     def work() -> None:
-        from framefusion.memory import reporting_out_of_memory
-        from framefusion.pipeline import ask_video
-        from framefusion.feature_cache import FeatureCache
-        from framefusion.preflight import RunSettings, check_run, open_run, prepare_video_file
-        from framefusion.profiles import get_profile
+        from framefusion.model_zoo.memory import reporting_out_of_memory
+        from framefusion.pipeline.video_qa import ask_video
+        from framefusion.pipeline.feature_cache import FeatureCache
+        from framefusion.pipeline.preflight import RunSettings, check_run, open_run, prepare_video_file
+        from framefusion.profiles.catalog import get_profile
 
         # Everything that can be checked without the model is checked first.
         for question in questions:
@@ -193,7 +193,7 @@ def profiles(
     """List the reduction profiles: built-in, per-user and from --profiles-file."""
 
     def work() -> None:
-        from framefusion.profiles import load_profiles
+        from framefusion.profiles.catalog import load_profiles
 
         found = load_profiles(profiles_file)
         if json_output:

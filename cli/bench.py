@@ -1,4 +1,4 @@
-"""`framefusion bench`: parses options, calls framefusion.bench.run_bench, renders the result (its plot:
+"""`framefusion bench`: parses options, calls framefusion.apps.bench.run_bench, renders the result (its plot:
 framefusion_cli.plots). Nothing else."""
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def bench(
     from framefusion_cli.app import log, run_guarded, stdout
 
     def work() -> None:
-        from framefusion import bench as library
-        from framefusion.pipeline import DEFAULT_FRAMES, resolve_device, resolve_dtype
-        from framefusion.preflight import RunSettings, check_run, open_run
-        from framefusion.profiles import get_profile
+        from framefusion.apps import bench as library
+        from framefusion.pipeline.video_qa import DEFAULT_FRAMES, resolve_device, resolve_dtype
+        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
+        from framefusion.profiles.catalog import get_profile
         from framefusion.video import read_video
         from framefusion_cli import plots
 
@@ -128,7 +128,7 @@ def _steps(run) -> str:
 
 
 def tokens_table(result) -> Table:
-    from framefusion.bench import frames_encoded
+    from framefusion.apps.bench import frames_encoded
 
     table = Table(title="Tokens", title_justify="left", show_edge=False)
     for column, justify in (("profile", "left"), ("frames encoded", "right"), ("prompt", "right"),

@@ -1,4 +1,4 @@
-"""`framefusion cache info` and `framefusion cache clear`: the vision-feature cache (framefusion.feature_cache)."""
+"""`framefusion cache info` and `framefusion cache clear`: the vision-feature cache (framefusion.pipeline.feature_cache)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         """Entries, size and folder of the feature cache."""
 
         def work() -> None:
-            from framefusion.feature_cache import FeatureCache
+            from framefusion.pipeline.feature_cache import FeatureCache
 
             facts = FeatureCache().info()
             if json_output:
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         """Remove feature-cache entries: all of them, or those of one model, or those unused for a while."""
 
         def work() -> None:
-            from framefusion.feature_cache import FeatureCache
+            from framefusion.pipeline.feature_cache import FeatureCache
 
             seconds = parse_age(older_than) if older_than is not None else None
             removed = FeatureCache().clear(model=model, older_than_seconds=seconds)

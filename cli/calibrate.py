@@ -1,4 +1,4 @@
-"""`framefusion calibrate VIDEO...`: parses options, runs `framefusion.calibrate.calibrate`, renders the result."""
+"""`framefusion calibrate VIDEO...`: parses options, runs `framefusion.apps.calibrate.calibrate`, renders the result."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def calibrate(
     from framefusion_cli.app import log, run_guarded, stdout
 
     def work() -> None:
-        from framefusion import calibrate as library
+        from framefusion.apps import calibrate as library
         from framefusion.api import minimum_cost
-        from framefusion.preflight import RunSettings, check_run, open_run
-        from framefusion.profiles import save_profile as write_profile
+        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
+        from framefusion.profiles.catalog import save_profile as write_profile
         from framefusion_cli.plots import check_plot_path
 
         # Everything that can be checked without the model is checked first (the same checks as ask).
@@ -119,7 +119,7 @@ def calibrate(
 
 def check_saved_profile(name: str, cost: float, profiles_file: Optional[Path]) -> None:
     """The name, the cost and the target file of --save-profile, checked before the model loads."""
-    from framefusion.profiles import parse_profiles, read_profiles_file, user_profiles_file
+    from framefusion.profiles.catalog import parse_profiles, read_profiles_file, user_profiles_file
 
     parse_profiles({"profiles": {name: {"description": "check", "cost": cost}}}, "--save-profile")
     target = profiles_file if profiles_file is not None else user_profiles_file()

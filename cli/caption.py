@@ -1,4 +1,4 @@
-"""`framefusion caption FOLDER`: parses options, runs `framefusion.caption.CaptionRun`, renders progress and summary."""
+"""`framefusion caption FOLDER`: parses options, runs `framefusion.apps.caption.local.CaptionRun`, renders progress and summary."""
 
 from __future__ import annotations
 
@@ -78,9 +78,9 @@ def caption(
     stdout, stderr = Console(), Console(stderr=True)
 
     def work() -> None:
-        from framefusion.caption import DEFAULT_PROMPT, CaptionRun, CaptionSettings, DecodeWorker
+        from framefusion.apps.caption.local import DEFAULT_PROMPT, CaptionRun, CaptionSettings, DecodeWorker
         from framefusion.model_zoo import parse_model_spec
-        from framefusion.preflight import RunSettings, check_run, open_run
+        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
 
         # Everything that can be checked without the model is checked first.
         if timeout is not None and not timeout > 0:
@@ -95,7 +95,7 @@ def caption(
             given = ", ".join(flag for flag, value in ray_flags.items() if value is not None)
             raise InputError(f"{given}: only with --engine ray")
         if engine == "ray":
-            from framefusion.caption_ray import import_ray
+            from framefusion.apps.caption.ray_engine import import_ray
 
             import_ray()  # says how to install it, before anything else
         run_settings = RunSettings(
@@ -131,7 +131,7 @@ def caption(
             log(f"loading {model} ...")
             qa = open_run(checked)
             with ProgressEvents(stderr) as events:
-                from framefusion.feature_cache import FeatureCache
+                from framefusion.pipeline.feature_cache import FeatureCache
 
                 run.run(qa, events=events, worker=worker, cache=None if no_cache else FeatureCache())
         except KeyboardInterrupt:
@@ -143,7 +143,7 @@ def caption(
         finish(run.summary)
 
     def caption_on_ray(run: Any, chosen_profile: Any) -> None:
-        from framefusion.caption_ray import ModelRecipe, RayOptions, caption_on_ray
+        from framefusion.apps.caption.ray_engine import ModelRecipe, RayOptions, caption_on_ray
 
         recipe = ModelRecipe(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
                              revision=revision, trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)

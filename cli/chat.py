@@ -1,4 +1,4 @@
-"""`framefusion chat VIDEO`: an interactive conversation about one video (framefusion.chat does the work)."""
+"""`framefusion chat VIDEO`: an interactive conversation about one video (framefusion.apps.chat does the work)."""
 
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def register(app: typer.Typer) -> None:
         /reset, /save FILE, /exit."""
 
         def work() -> None:
-            from framefusion.chat import ChatSession
-            from framefusion.feature_cache import FeatureCache
-            from framefusion.preflight import RunSettings, check_run, open_run, prepare_video_file
+            from framefusion.apps.chat import ChatSession
+            from framefusion.pipeline.feature_cache import FeatureCache
+            from framefusion.pipeline.preflight import RunSettings, check_run, open_run, prepare_video_file
             from framefusion_cli.render import chat_turn_table
 
             settings = RunSettings(

@@ -1,4 +1,4 @@
-"""`framefusion doctor`: calls framefusion.doctor.gather_report and renders it (a table, or JSON). Nothing else."""
+"""`framefusion doctor`: calls framefusion.apps.doctor.gather_report and renders it (a table, or JSON). Nothing else."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 from framefusion_cli import options as opt
 
 if TYPE_CHECKING:
-    from framefusion.doctor import DoctorReport
+    from framefusion.apps.doctor import DoctorReport
 
 GIGABYTE = 1024**3
 
@@ -26,7 +26,7 @@ def doctor(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) 
     from framefusion_cli.app import run_guarded, stdout
 
     def work() -> None:
-        from framefusion.doctor import gather_report
+        from framefusion.apps.doctor import gather_report
 
         report = gather_report()
         if json_output:

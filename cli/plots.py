@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from framefusion.errors import InputError
-from framefusion.results import TIMING_FIELDS
+from framefusion.pipeline.results import TIMING_FIELDS
 
 
 def require_matplotlib() -> None:
@@ -32,7 +32,7 @@ def check_plot_path(path: str | Path) -> Path:
 def save_bench_plot(result, path: str | Path) -> Path:
     """A PNG with the tokens each decoder layer processed per profile, and each profile's timing breakdown.
 
-    result: a framefusion.bench.BenchResult.
+    result: a framefusion.apps.bench.BenchResult.
     """
     require_matplotlib()
     import matplotlib

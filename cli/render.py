@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from framefusion.results import TIMING_FIELDS, AskResult
+from framefusion.pipeline.results import TIMING_FIELDS, AskResult
 
 _BARS = " ▁▂▃▄▅▆▇█"
 # Headings for the timing fields whose Python names a reader should not see as they are.
@@ -85,7 +85,7 @@ def render_comparison(console: Console, first: Sequence[AskResult], second: Sequ
 
 
 def chat_turn_table(turn) -> Table:
-    """The tokens and time of one chat turn (framefusion.chat.ChatTurn)."""
+    """The tokens and time of one chat turn (framefusion.apps.chat.ChatTurn)."""
     tokens, timings = turn.tokens, turn.timings
     table = Table(title=f"Turn {turn.turn}", title_justify="left", show_edge=False)
     for name in ("conversation tokens", "computed in prefill", "cached (first layer)", "cached (last layer)",

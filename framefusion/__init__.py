@@ -8,7 +8,7 @@
 
 from framefusion.api import FrameFusionHandle, apply_framefusion, framefusion_handle, remove_framefusion
 from framefusion.families import has_reference_positions, remove_reference_positions, restore_reference_positions
-from framefusion.reduction import FrameFusionStats, ReductionStep
+from framefusion.runtime.reduction import FrameFusionStats, ReductionStep
 
 __version__ = "0.1.0"
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 from framefusion.families import Family, family_for
-from framefusion.reduction import FrameFusionSettings, FrameFusionStats
-from framefusion.runtime import FrameFusionRuntime
+from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats
+from framefusion.runtime.hooks import FrameFusionRuntime
 
 _ATTRIBUTE = "_framefusion_handle"
 

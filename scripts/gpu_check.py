@@ -1,6 +1,6 @@
 """The GPU checks, run by scripts/gpu_check.sh on a lent GPU machine (or on CPU with --dry-run):
 
-1. speed: every built-in profile side by side (framefusion.bench.run_bench) on random:llava-video-7b-qwen2 in
+1. speed: every built-in profile side by side (framefusion.apps.bench.run_bench) on random:llava-video-7b-qwen2 in
    bfloat16 at 32, 64 and 128 frames of the still-then-moving synthetic scene, made in memory;
 2. kernels: sdpa's flash and memory-efficient kernels keep the same tokens as its math kernel (FrameFusion profile);
 3. dtype: bfloat16 keeps the same tokens as float32, and its first-token logits agree within tolerance.
@@ -101,7 +101,7 @@ class Report:
 
 
 def make_clip(frames: int, side: int) -> Any:
-    from framefusion.synthetic_video import render_still_then_moving_frames
+    from framefusion.video.synthetic import render_still_then_moving_frames
     from framefusion.video import VideoClip
 
     fps = 8.0
@@ -119,8 +119,8 @@ def environment(device: Any) -> dict[str, Any]:
 
 # --- 1. every built-in profile, side by side ---------------------------------------------------------------------
 def bench_profiles(report: Report, qa: Any, frame_counts: list[int], side: int, rounds: tuple[int, int]) -> None:
-    from framefusion.bench import run_bench
-    from framefusion.profiles import builtin_profiles
+    from framefusion.apps.bench import run_bench
+    from framefusion.profiles.catalog import builtin_profiles
 
     profiles = list(builtin_profiles().values())
     repeat, warmup = rounds
@@ -185,7 +185,7 @@ def overlap(first: list[int], second: list[int]) -> float:
 def check_kernels(report: Report, qa: Any, frames: int, side: int) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from framefusion.profiles import get_profile
+    from framefusion.profiles.catalog import get_profile
 
     qa.use_profile(get_profile("framefusion"))
     prepared = qa.prepare_video(make_clip(frames, side))
@@ -214,8 +214,8 @@ def check_kernels(report: Report, qa: Any, frames: int, side: int) -> None:
 def check_dtype_parity(report: Report, low: Any, model: str, device: str, frames: int, side: int) -> None:
     import torch
 
-    from framefusion.pipeline import open_video_qa
-    from framefusion.profiles import get_profile
+    from framefusion.pipeline.video_qa import open_video_qa
+    from framefusion.profiles.catalog import get_profile
 
     clip = make_clip(frames, side)
     high = open_video_qa(model, get_profile("baseline"), device=device, dtype="float32")  # the same random weights
@@ -252,8 +252,8 @@ def main() -> int:
         print("gpu_check: no CUDA device is visible to torch; this check needs an NVIDIA GPU "
               "(run it with --dry-run to try its Python part on the CPU)", file=sys.stderr)
         return 2
-    from framefusion.pipeline import open_video_qa
-    from framefusion.profiles import get_profile
+    from framefusion.pipeline.video_qa import open_video_qa
+    from framefusion.profiles.catalog import get_profile
 
     dry = arguments.dry_run
     model = arguments.model or ("random:tiny-llava-onevision" if dry else "random:llava-video-7b-qwen2")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from framefusion.synthetic_video import render_still_then_moving_frames, write_video_frames
+from framefusion.video.synthetic import render_still_then_moving_frames, write_video_frames
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from framefusion.synthetic_video import write_synthetic_video
+from framefusion.video.synthetic import write_synthetic_video
 from framefusion.video import probe_video
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"

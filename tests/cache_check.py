@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from framefusion import core
+from framefusion.methods import framefusion as core
 
 
 def generate_recording_prune(model, inputs: dict, **generate_kwargs):

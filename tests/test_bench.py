@@ -12,7 +12,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from framefusion.bench import (
+from framefusion.apps.bench import (
     amdahl_limit,
     check_bench_arguments,
     median_timings,
@@ -21,7 +21,7 @@ from framefusion.bench import (
     token_layer_limit,
 )
 from framefusion.errors import InputError
-from framefusion.results import Timings
+from framefusion.pipeline.results import Timings
 from framefusion_cli.app import app as APP
 
 runner = CliRunner()
@@ -125,12 +125,12 @@ def test_table_names_profiles_tokens_and_speedups():
     (["--model", "random:no-such-shape"], "no-such-shape"),
 ])
 def test_bad_input_exits_2_before_loading(arguments, message, monkeypatch):
-    import framefusion.pipeline
+    import framefusion.pipeline.video_qa
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(framefusion.pipeline, "open_video_qa", must_not_load)
+    monkeypatch.setattr(framefusion.pipeline.video_qa, "open_video_qa", must_not_load)
     result = invoke("--model", "random:tiny-qwen2-vl", *arguments)
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -176,7 +176,7 @@ def test_profile_list_parsing_and_checks():
 def test_cpu_peak_memory_counts_what_a_run_allocates_even_after_earlier_runs_freed_theirs():
     import torch
 
-    from framefusion.peak_memory import MemoryMeter as _MemoryMeter
+    from framefusion.runtime.peak_memory import MemoryMeter as _MemoryMeter
 
     earlier = [torch.ones(5_000_000) for _ in range(4)]  # 80 MB allocated and freed before the measured run
     del earlier

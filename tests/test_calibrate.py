@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from framefusion.calibrate import calibrate, collect_videos
-from framefusion.pipeline import open_video_qa
-from framefusion.profiles import builtin_profiles, load_profiles
-from framefusion.synthetic_video import write_synthetic_video
+from framefusion.apps.calibrate import calibrate, collect_videos
+from framefusion.pipeline.video_qa import open_video_qa
+from framefusion.profiles.catalog import builtin_profiles, load_profiles
+from framefusion.video.synthetic import write_synthetic_video
 from framefusion.video import read_video
 from framefusion_cli.app import app
 
@@ -146,7 +146,7 @@ def test_a_file_that_is_no_video_is_a_usage_error(tmp_path):
 
 
 def test_a_model_without_adapter_is_a_usage_error(two_videos, monkeypatch):
-    from framefusion import pipeline
+    from framefusion.pipeline import video_qa as pipeline
 
     # As if the family were unknown to FrameFusion: the model loads and runs, but nobody knows its video layout.
     monkeypatch.setattr(pipeline, "find_family", lambda model: None)

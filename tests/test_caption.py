@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from framefusion.caption import (
+from framefusion.apps.caption.local import (
     CSV_COLUMNS,
     CaptionFile,
     CaptionRun,
@@ -31,7 +31,7 @@ from framefusion.caption import (
     find_videos,
     settings_key,
 )
-from framefusion.profiles import get_profile
+from framefusion.profiles.catalog import get_profile
 from framefusion_cli.app import app
 from processes import describe, descendants, still_running_after, wait_for_records
 from videos import write_indexed_video
@@ -44,7 +44,7 @@ BROKEN = ("empty.mp4", "truncated.mp4", "notes.mp4")
 
 @pytest.fixture(scope="module")
 def qa():
-    from framefusion.pipeline import open_video_qa
+    from framefusion.pipeline.video_qa import open_video_qa
 
     return open_video_qa(MODEL, get_profile("framefusion"), device="cpu", dtype="float32")
 
@@ -52,7 +52,7 @@ def qa():
 @pytest.fixture
 def cli(qa, monkeypatch):
     """Invoke `caption` in-process; the model is loaded once for the module instead of once per run."""
-    import framefusion.pipeline as pipeline
+    import framefusion.pipeline.video_qa as pipeline
 
     loads = []
 
@@ -284,7 +284,7 @@ def test_a_decoder_crash_on_one_file_does_not_stop_the_batch(video_folder, tmp_p
 def test_the_decoder_child_ends_at_once_on_sigterm_even_when_started_while_a_record_was_written():
     import psutil
 
-    from framefusion.caption_file import _signals_held
+    from framefusion.apps.caption.records import _signals_held
 
     worker = DecodeWorker()
     with _signals_held():  # SIGTERM blocked here, as during a record's write: fork would hand that to the child

@@ -20,10 +20,10 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from framefusion.caption import CaptionRun, CaptionSettings
-from framefusion.caption_ray import KILL_WORKER_VARIABLE, RayOptions, check_videos_visible, plan_workers
+from framefusion.apps.caption.local import CaptionRun, CaptionSettings
+from framefusion.apps.caption.ray_engine import KILL_WORKER_VARIABLE, RayOptions, check_videos_visible, plan_workers
 from framefusion.errors import InputError
-from framefusion.profiles import get_profile
+from framefusion.profiles.catalog import get_profile
 from framefusion_cli.app import app
 from processes import command_line, describe, descendants, still_running_after, wait_for_records
 from videos import write_indexed_video
@@ -80,7 +80,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def local_captions(folder: Path, tmp_path: Path) -> dict[str, str]:
     """What the local engine writes for the same folder and settings (greedy, same model)."""
-    from framefusion.pipeline import open_video_qa
+    from framefusion.pipeline.video_qa import open_video_qa
 
     settings = CaptionSettings(model=MODEL, profile="framefusion", prompt="Describe this video in detail.", frames=4,
                                max_new_tokens=4, backend="pyav")
@@ -122,7 +122,7 @@ def test_a_model_load_failure_in_a_worker_reaches_the_driver_with_its_setting():
     import base64
     import pickle
 
-    from framefusion.caption_ray import _portable_error
+    from framefusion.apps.caption.ray_engine import _portable_error
     from framefusion.errors import Suggestion
 
     failure = InputError("no CUDA GPU is available", setting="device", value="cuda",

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from framefusion.chat import ChatSession
+from framefusion.apps.chat import ChatSession
 from framefusion.model_zoo import load_model
-from framefusion.pipeline import VideoQA
-from framefusion.profiles import get_profile
+from framefusion.pipeline.video_qa import VideoQA
+from framefusion.profiles.catalog import get_profile
 from framefusion.video import read_video
 from framefusion_cli.app import app
 

@@ -131,8 +131,8 @@ def test_profiles_and_models_list_what_is_available():
 
 
 def test_vision_features_computed_under_another_profile_are_reduced():
-    from framefusion.pipeline import open_video_qa
-    from framefusion.profiles import get_profile
+    from framefusion.pipeline.video_qa import open_video_qa
+    from framefusion.profiles.catalog import get_profile
     from framefusion.video import read_video
 
     qa = open_video_qa("random:tiny-qwen2-vl", get_profile("baseline"), device="cpu")
@@ -144,9 +144,9 @@ def test_vision_features_computed_under_another_profile_are_reduced():
 
 
 def test_a_model_without_adapter_still_runs_under_baseline(monkeypatch):
-    from framefusion import pipeline
+    from framefusion.pipeline import video_qa as pipeline
     from framefusion.model_zoo import load_model, parse_model_spec
-    from framefusion.profiles import get_profile
+    from framefusion.profiles.catalog import get_profile
     from framefusion.video import read_video
 
     import torch

@@ -16,7 +16,7 @@ import pytest
 from framefusion_cli.app import app
 from typer.testing import CliRunner
 
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 from framefusion.families import registered_families, supported_families
 from framefusion.model_zoo import tiny_families
 

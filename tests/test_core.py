@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from framefusion import core
+from framefusion.methods import framefusion as core
 
 
 def budget_by_hand(sparsities, num_layers, cost):

@@ -18,9 +18,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from typer.testing import CliRunner
 
-from framefusion import doctor as library
-from framefusion import transformers_compat as compat
-from framefusion.pipeline import resolve_device, resolve_dtype
+from framefusion.apps import doctor as library
+from framefusion.runtime import transformers_compat as compat
+from framefusion.pipeline.video_qa import resolve_device, resolve_dtype
 from framefusion_cli.app import app
 
 runner = CliRunner()

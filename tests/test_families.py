@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from framefusion.transformers_compat import processor_videos
-from framefusion import apply_framefusion, core, remove_framefusion
+from framefusion.runtime.transformers_compat import processor_videos
+from framefusion import apply_framefusion, remove_framefusion
+from framefusion.methods import framefusion as core
 from framefusion.families import family_for
 from framefusion.errors import InputError
 from framefusion.model_zoo import load_model, parse_model_spec
-from framefusion.reduction import MergedRows
+from framefusion.runtime.reduction import MergedRows
 
 from cache_check import assert_cached_equals_recomputed
 

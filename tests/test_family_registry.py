@@ -38,7 +38,7 @@ from framefusion.families import (
     supported_families,
 )
 from framefusion.model_zoo import parse_model_spec, tiny_families
-from framefusion.pipeline import check_frame_count
+from framefusion.pipeline.video_qa import check_frame_count
 
 BUILTIN_ORDER = ["qwen2-vl", "qwen2.5-vl", "llava-onevision", "qwen3-vl", "llava-next-video", "internvl", "smolvlm",
                  "minicpm-v"]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from framefusion import feature_cache
-from framefusion.feature_cache import CachedVideo, CacheWarning, FeatureCache, cache_key, video_fingerprint
+from framefusion.pipeline import feature_cache
+from framefusion.pipeline.feature_cache import CachedVideo, CacheWarning, FeatureCache, cache_key, video_fingerprint
 from framefusion.model_zoo import load_model
-from framefusion.transformers_compat import processor_videos
+from framefusion.runtime.transformers_compat import processor_videos
 
 CLIP = {"timestamps": [0.0, 0.5], "sampled_fps": 2.0, "frame_shape": [2, 8, 8, 3]}
 
@@ -139,7 +139,7 @@ def test_clear_by_model_and_by_age(tmp_path):
 
 WRITER = """
 import sys, torch
-from framefusion.feature_cache import CachedVideo, FeatureCache
+from framefusion.pipeline.feature_cache import CachedVideo, FeatureCache
 cache = FeatureCache(sys.argv[1])
 for _ in range(15):
     cache.store("s" * 40, CachedVideo("video", {"pooled": torch.full((20_000, 8), float(sys.argv[2]))}, {}, {}))

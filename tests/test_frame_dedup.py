@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from framefusion.errors import InputError
-from framefusion.feature_cache import FeatureCache
-from framefusion.frame_dedup import mean_absolute_difference, plan_frame_dedup
+from framefusion.pipeline.feature_cache import FeatureCache
+from framefusion.methods.frame_dedup import mean_absolute_difference, plan_frame_dedup
 from framefusion.model_zoo import load_model
-from framefusion.pipeline import VideoQA
-from framefusion.preflight import RunSettings, prepare_video_file
-from framefusion.profiles import get_profile
-from framefusion.synthetic_video import write_video_frames
+from framefusion.pipeline.video_qa import VideoQA
+from framefusion.pipeline.preflight import RunSettings, prepare_video_file
+from framefusion.profiles.catalog import get_profile
+from framefusion.video.synthetic import write_video_frames
 from framefusion.video import VideoClip, read_video
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onevision", "llava-next-video", "internvl", "smolvlm"]
@@ -186,7 +186,7 @@ def test_the_dedup_profile_keeps_its_own_feature_cache_entry_and_reports_frames_
 
 
 def test_ask_video_applies_the_profiles_frame_dedup(lossless_video):
-    from framefusion.pipeline import ask_video
+    from framefusion.pipeline.video_qa import ask_video
 
     clip = read_video(lossless_video, num_frames=8)
     baseline, = ask_video(video_qa("qwen2-vl", "baseline"), clip, ["What happens?"], max_new_tokens=6)
@@ -196,7 +196,7 @@ def test_ask_video_applies_the_profiles_frame_dedup(lossless_video):
 
 
 def test_bench_gives_profiles_that_differ_before_the_vision_encoder_their_own_encoding(lossless_video):
-    from framefusion.bench import run_bench
+    from framefusion.apps.bench import run_bench
 
     qa = video_qa("llava-onevision")
     clip = read_video(lossless_video, num_frames=8)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import videos
 from framefusion.errors import ProfileError
-from framefusion.profiles import Profile, read_profiles_file
+from framefusion.profiles.catalog import Profile, read_profiles_file
 
 FUZZ_EXAMPLES = int(os.environ.get("FRAMEFUSION_FUZZ_EXAMPLES", "300"))
 FUZZ_SEED = os.environ.get("FRAMEFUSION_FUZZ_SEED")

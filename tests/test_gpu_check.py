@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from framefusion.profiles import builtin_profiles
+from framefusion.profiles.catalog import builtin_profiles
 
 ROOT = Path(__file__).resolve().parent.parent
 

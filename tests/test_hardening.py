@@ -21,16 +21,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import framefusion.memory as memory
-import framefusion.pipeline as pipeline
+import framefusion.model_zoo.memory as memory
+import framefusion.pipeline.video_qa as pipeline
 import framefusion.video.pyav_reader as video_module
 import videos
-from framefusion.caption import find_videos
+from framefusion.apps.caption.local import find_videos
 from framefusion.errors import FrameFusionError, InputError, VideoError
-from framefusion.checkpoint_numbers import count_parameters_from_index, model_numbers_for_spec, model_numbers_from_folder
-from framefusion.memory import count_parameters_from_config, estimate_memory, model_numbers_from_config
+from framefusion.model_zoo.checkpoint_numbers import count_parameters_from_index, model_numbers_for_spec, model_numbers_from_folder
+from framefusion.model_zoo.checkpoint_numbers import count_parameters_from_config, model_numbers_from_config
+from framefusion.model_zoo.memory import estimate_memory
 from framefusion.model_zoo import ensure_tiny_checkpoint, list_shapes, load_shape, parse_model_spec
-from framefusion.profiles import get_profile
+from framefusion.profiles.catalog import get_profile
 from framefusion.video import VideoClip, enlarge_small_frames, read_video
 from framefusion_cli.app import app
 
@@ -358,7 +359,7 @@ def test_sigint_to_a_running_ask_exits_130_without_traceback():
     # The real signal, in a real process: the pipeline is made to wait so the signal lands mid-command.
     script = textwrap.dedent(f"""
         import sys, time
-        import framefusion.pipeline as pipeline
+        import framefusion.pipeline.video_qa as pipeline
         def waiting(*args, **kwargs):
             print("waiting for the signal", file=sys.stderr, flush=True)
             time.sleep(60)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import transformers
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 from framefusion.model_zoo import ensure_tiny_checkpoint
 from framefusion_cli.app import app
 

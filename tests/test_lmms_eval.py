@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from framefusion.errors import InputError
-from framefusion.lmms_eval_model import CLASS_PATH, FrameFusionLMM, _cut_at_stop_sequences, _generation_options
-from framefusion.lmms_eval_results import accuracy_speed_table, markdown
+from framefusion.apps.lmms_eval.model import CLASS_PATH, FrameFusionLMM, _cut_at_stop_sequences, _generation_options
+from framefusion.apps.lmms_eval.results import accuracy_speed_table, markdown
 
 REPO = Path(__file__).resolve().parent.parent
 LMMS_EVAL = Path(sys.executable).parent / "lmms-eval"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framefusion.transformers_compat import processor_videos
+from framefusion.runtime.transformers_compat import processor_videos
 from framefusion.errors import InputError, ModelLoadError
 from framefusion.model_zoo import (
     SpecKind,

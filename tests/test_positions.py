@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from framefusion.errors import InputError
-from framefusion.transformers_compat import cache_kwargs, output_cache
+from framefusion.runtime.transformers_compat import cache_kwargs, output_cache
 from framefusion.families.qwen_vl.positions import remove_reference_positions, restore_reference_positions
 
 VOCAB = 128

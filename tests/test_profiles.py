@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framefusion.errors import InputError, ProfileError
-from framefusion.profile_file import MAX_FILE_BYTES, METHODS
-from framefusion.profiles import (
+from framefusion.profiles.file import MAX_FILE_BYTES, METHODS
+from framefusion.profiles.catalog import (
     Profile,
     get_profile,
     load_profiles,

@@ -1,6 +1,6 @@
 """Each private transformers convention framefusion relies on, checked against the installed release.
 
-When one of these fails after a transformers upgrade, fix framefusion/transformers_compat.py (and only it).
+When one of these fails after a transformers upgrade, fix framefusion/runtime/transformers_compat.py (and only it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import transformers
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 import tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]

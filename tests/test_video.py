@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framefusion.transformers_compat import processor_videos
+from framefusion.runtime.transformers_compat import processor_videos
 from framefusion.errors import InputError, VideoError
-from framefusion.synthetic_video import SKY_FRACTION, render_synthetic_frames, write_synthetic_video
+from framefusion.video.synthetic import SKY_FRACTION, render_synthetic_frames, write_synthetic_video
 from framefusion.video import pyav_reader, reading
 from framefusion.video import (
     VideoClip,

@@ -16,7 +16,7 @@ from typing import Sequence
 import av
 import numpy as np
 
-from framefusion.synthetic_video import write_synthetic_video, write_video_frames
+from framefusion.video.synthetic import write_synthetic_video, write_video_frames
 
 # Frame i shows red = (i % 16) * 16 and green = (i // 16) * 16 in its left half: steps of 16 survive lossy
 # coding, and 256 frames can be told apart.

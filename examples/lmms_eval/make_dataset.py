@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framefusion.synthetic_video import write_video_frames
+from framefusion.video.synthetic import write_video_frames
 
 HERE = Path(__file__).resolve().parent
 SIDE = 112  # one tile of the tiny models' processors: no resizing, a few video tokens per frame

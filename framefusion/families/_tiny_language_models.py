@@ -3,7 +3,7 @@ and Llama (LLaVA-NeXT-Video's Vicuna, SmolVLM's SmolLM2), with the token ids the
 
 from __future__ import annotations
 
-from framefusion.model_zoo.kit import TINY_TEXT_DIMS
+from framefusion.families.kit import TINY_TEXT_DIMS
 
 # Token ids a Qwen2 language model's config refers to (Qwen has no BOS in prompts; <|endoftext|> pads).
 QWEN_TEXT_TOKEN_FIELDS = {

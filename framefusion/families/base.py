@@ -1,7 +1,7 @@
 """What a model family says about itself: where its video tokens are, how a frame is laid out, how its video is
 encoded, its published checkpoints, its tiny checkpoint recipe, its memory figures and its position rules.
 
-The runtime (framefusion/runtime.py) does all the hooking and the model zoo does all the building; a `Family` only
+The runtime (framefusion/runtime/hooks.py) does all the hooking and the model zoo does all the building; a `Family` only
 answers questions about one family. Every family lives in its own module or package under framefusion/families/
 and is registered through the `framefusion.families` entry-point group (see framefusion/families/__init__.py).
 
@@ -17,26 +17,15 @@ from importlib.abc import Traversable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from framefusion.memory import mlp_projector_parameters, positive_int, vision_tower_parameters
+from framefusion.runtime.video_inputs import VideoInputs
+from framefusion.families.config_numbers import mlp_projector_parameters, positive_int, vision_tower_parameters
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
-    from framefusion.runtime import FrameFusionRuntime
-
-
-@dataclass(frozen=True)
-class VideoInputs:
-    """What the runtime saw of the video for one forward of the multimodal model.
-
-    video_grid_thw: [num_videos, 3] (Qwen-style grids) when the family has one, captured from the forward's arguments
-    or from the last call of the model's `get_video_features` (generate() encodes the video before the forward and
-    does not pass the grid on).
-    """
-
-    video_grid_thw: torch.Tensor | None = None
+    from framefusion.families.kit import FamilyKit
+    from framefusion.runtime.hooks import FrameFusionRuntime
 
 
 class Family:
@@ -108,7 +97,7 @@ class Family:
         Returns (modality, features) for `compat.encoder_outputs_kwargs`; features is None when the model cannot take
         pre-encoded features, and generate() then encodes the video from the pixel inputs itself.
         """
-        from framefusion import transformers_compat as compat
+        from framefusion.runtime import transformers_compat as compat
 
         encoder = compat.vision_encoder(model, self.video_modality)
         if encoder is None:
@@ -118,7 +107,7 @@ class Family:
             **{key: value for key, value in video_inputs.items() if key in accepted}, return_dict=True
         )
 
-    # --- frame dedup (framefusion/frame_dedup.py) --------------------------------------------------------------
+    # --- frame dedup (framefusion/methods/frame_dedup.py) --------------------------------------------------------------
     def encode_frames(self, model: nn.Module, video_inputs: dict[str, Any], encoded: Sequence[int],
                       sources: Sequence[int]) -> tuple[str, Any | None]:
         """Run the vision encoder on some frames only, and lay the features out as `encode_video` does for all.

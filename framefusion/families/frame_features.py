@@ -1,5 +1,5 @@
 """Helpers the families use to encode a subset of a video's frames and put the features back in place (frame dedup,
-framefusion/frame_dedup.py): cut the processor's video inputs down to some frames, and spread an encoder output over
+framefusion/methods/frame_dedup.py): cut the processor's video inputs down to some frames, and spread an encoder output over
 every frame again.
 
 A "unit" is what the vision encoder takes as one frame: a frame, or a Qwen-VL temporal patch of 2 frames. Tensors hold

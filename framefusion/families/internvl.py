@@ -16,7 +16,7 @@ from framefusion.families.frames_as_images import FramesAsImagesFamily
 if TYPE_CHECKING:
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
+    from framefusion.families.kit import FamilyKit
 
 
 class InternVL(FramesAsImagesFamily):
@@ -45,7 +45,7 @@ def internvl_kit() -> FamilyKit:
     """InternVL (HF-native; InternViT + Qwen2): every frame is an image of 16 tokens after pixel shuffle."""
     from framefusion.families._templates import LLAVA_QWEN_CHAT_TEMPLATE
     from framefusion.families._tiny_language_models import QWEN_ROPE, QWEN_TEXT_TOKEN_FIELDS, tiny_qwen_text_config
-    from framefusion.model_zoo.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
+    from framefusion.families.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
 
     frame_size = {"height": TINY_FRAME_SIDE, "width": TINY_FRAME_SIDE}
     patches_per_side = TINY_FRAME_SIDE // TINY_PATCH_SIZE

@@ -11,7 +11,7 @@ from framefusion.families.base import Family, VideoInputs
 if TYPE_CHECKING:
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
+    from framefusion.families.kit import FamilyKit
 
 # Vicuna-style conversation of LLaVA-NeXT-Video: "USER: <video>\n... ASSISTANT:".
 LLAVA_VICUNA_CHAT_TEMPLATE = r"""
@@ -58,7 +58,7 @@ class LlavaNextVideo(Family):
 def llava_next_video_kit() -> FamilyKit:
     """LLaVA-NeXT-Video (CLIP + Llama/Vicuna): frames average-pooled 2x2 to (side/2)^2 tokens, no separators."""
     from framefusion.families._tiny_language_models import LLAMA_TEXT_TOKEN_FIELDS, tiny_llama_text_config
-    from framefusion.model_zoo.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
+    from framefusion.families.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
 
     frame_size = {"height": TINY_FRAME_SIDE, "width": TINY_FRAME_SIDE}
     grid_pinpoints = [[112, 112], [112, 224], [224, 112], [224, 224]]

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
-    from framefusion.runtime import FrameFusionRuntime
+    from framefusion.families.kit import FamilyKit
+    from framefusion.runtime.hooks import FrameFusionRuntime
 
 
 class Qwen3VL(Family):
@@ -101,7 +101,7 @@ class Qwen3VL(Family):
 
     def install(self, runtime: FrameFusionRuntime) -> None:
         """Replace the text model's DeepStack addition with one that follows the tokens still present."""
-        from framefusion import transformers_compat as compat
+        from framefusion.runtime import transformers_compat as compat
 
         original = getattr(runtime.language_model, compat.DEEPSTACK_METHOD, None)
         if original is None:
@@ -141,7 +141,7 @@ def qwen3_vl_kit() -> FamilyKit:
     """Qwen3-VL: Qwen3 language model (q/k norms, interleaved M-RoPE) and DeepStack visual features."""
     from framefusion.families._templates import QWEN_CHAT_TEMPLATE
     from framefusion.families.qwen_vl.kits import qwen_vl_kit
-    from framefusion.model_zoo.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, TINY_TEXT_DIMS
+    from framefusion.families.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, TINY_TEXT_DIMS
 
     def tiny_config(num_hidden_layers: int) -> dict:
         rope = {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}

@@ -17,7 +17,7 @@ from framefusion.families.frames_as_images import FramesAsImagesFamily
 if TYPE_CHECKING:
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
+    from framefusion.families.kit import FamilyKit
 
 # SmolVLM2's own format; its processor substitutes its video template whenever a video is present.
 SMOLVLM_CHAT_TEMPLATE = r"""
@@ -68,7 +68,7 @@ class SmolVLM(FramesAsImagesFamily):
 def smolvlm_kit() -> FamilyKit:
     """SmolVLM / SmolVLM2 (SigLIP + SmolLM2): every frame is one 16-token image after pixel shuffle."""
     from framefusion.families._tiny_language_models import tiny_llama_text_config
-    from framefusion.model_zoo.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
+    from framefusion.families.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
 
     patches_per_side = TINY_FRAME_SIDE // TINY_PATCH_SIZE
     side = {"longest_edge": TINY_FRAME_SIDE}

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 from framefusion.errors import InputError, ModelLoadError
 from framefusion.model_zoo.building import DEFAULT_TINY_LAYERS, build_tiny_checkpoint
 from framefusion.model_zoo.hub import HubStatus, hub_access, hub_offline

@@ -15,7 +15,7 @@ from framefusion.families.base import Family, VideoInputs, patches_per_side
 if TYPE_CHECKING:
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
+    from framefusion.families.kit import FamilyKit
 
 
 class LlavaOnevision(Family):

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from framefusion.families._templates import LLAVA_QWEN_CHAT_TEMPLATE
 from framefusion.families._tiny_language_models import QWEN_ROPE, QWEN_TEXT_TOKEN_FIELDS, tiny_qwen_text_config
-from framefusion.model_zoo.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
+from framefusion.families.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, FamilyKit
 
 
 def llava_onevision_kit() -> FamilyKit:

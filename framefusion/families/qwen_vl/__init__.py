@@ -17,7 +17,7 @@ from framefusion.families.qwen_vl import memory
 if TYPE_CHECKING:
     from torch import nn
 
-    from framefusion.model_zoo.kit import FamilyKit
+    from framefusion.families.kit import FamilyKit
 
 
 class Qwen2VL(Family):

@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from framefusion.families._templates import QWEN_CHAT_TEMPLATE
 from framefusion.families._tiny_language_models import QWEN_TEXT_TOKEN_FIELDS, tiny_qwen_text_config
-from framefusion.model_zoo.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, TINY_TEXT_DIMS, FamilyKit
+from framefusion.families.kit import TINY_FRAME_SIDE, TINY_PATCH_SIZE, TINY_TEXT_DIMS, FamilyKit
 
 # Qwen's M-RoPE splits each head's rotary half-dimension into temporal, height and width sections;
 # tiny heads are 16 wide, so 8 = 2 + 3 + 3 (the real 128-wide heads use 16 + 24 + 24).

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from framefusion.memory import is_positive_number, mlp_projector_parameters, positive_int, vision_tower_parameters
+from framefusion.families.config_numbers import is_positive_number, mlp_projector_parameters, positive_int, vision_tower_parameters
 
 # Qwen-VL merges 2x2 patches of 14 px (28 px blocks) and pairs frames in time.
 BLOCK_PIXELS = 28 * 28

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 from framefusion.errors import InputError
 
 TEXT_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN = 0, 1, 2

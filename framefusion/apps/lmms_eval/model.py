@@ -26,7 +26,7 @@ from lmms_eval.api.model import lmms
 from framefusion.errors import InputError, VideoError
 
 MODEL_ID = "framefusion"
-CLASS_PATH = "framefusion.lmms_eval_model.FrameFusionLMM"
+CLASS_PATH = "framefusion.apps.lmms_eval.model.FrameFusionLMM"
 DEFAULT_MAX_NEW_TOKENS = 128
 # Placeholders some tasks write into the prompt text; the pipeline puts the video into the chat template itself.
 _MEDIA_PLACEHOLDERS = ("<video>", "<image>")
@@ -63,7 +63,7 @@ class FrameFusionLMM(lmms):
                  **unknown: Any) -> None:
         super().__init__()
         from framefusion.families import default_model
-        from framefusion.preflight import RunSettings, check_run, open_run
+        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
 
         if unknown:
             raise InputError(
@@ -77,7 +77,7 @@ class FrameFusionLMM(lmms):
         if str(batch_size) != "1":
             _logger().warning(f"framefusion answers one prompt at a time (FrameFusion reduces one prompt per "
                               f"prefill); batch_size={batch_size} is ignored")
-        # The same settings, checks and loading as `framefusion ask` (framefusion.preflight).
+        # The same settings, checks and loading as `framefusion ask` (framefusion.pipeline.preflight).
         self.settings = RunSettings(
             model=str(default_model() if pretrained is None else pretrained), profile=str(profile),
             profiles_file=Path(profiles_file) if profiles_file else None, revision=revision,

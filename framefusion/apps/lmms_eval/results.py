@@ -1,6 +1,6 @@
 """Several lmms-eval runs (one per profile) in one accuracy-vs-speed table.
 
-    python -m framefusion.lmms_eval_results OUT/            # every *_results.json under OUT, as a markdown table
+    python -m framefusion.apps.lmms_eval.results OUT/            # every *_results.json under OUT, as a markdown table
 
 Each results JSON written by `lmms-eval --model framefusion` holds the scores (`results`), the model arguments
 (`config.model_args`: pretrained, profile, frames, ...) and the run's means of the per-sample metrics

@@ -3,7 +3,7 @@
 A typo in a settings file should fail loudly, not silently run a different experiment: duplicate keys,
 anchors/aliases, merge keys, explicit tags, unknown keys, wrong types and values out of range are all rejected with a
 one-line `ProfileError` naming the file, the line, the profile and the key. This module turns a file into validated
-settings per profile name; `framefusion.profiles` turns those into `Profile` objects.
+settings per profile name; `framefusion.profiles.catalog` turns those into `Profile` objects.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from framefusion import profile_stages
+from framefusion.profiles import stages as profile_stages
 from framefusion.errors import ProfileError
 
 METHODS = ("none", "framefusion", "merge-only", "prune-only")

@@ -1,6 +1,6 @@
 """Named reduction profiles: a name for one setting of `apply_framefusion`.
 
-Profiles come from YAML files (schema: docs/profiles.md, read strictly by `framefusion.profile_file`). The built-ins
+Profiles come from YAML files (schema: docs/profiles.md, read strictly by `framefusion.profiles.file`). The built-ins
 ship with the package (`framefusion_profiles/builtin.yaml`); a per-user file and an explicit file may add profiles or
 replace built-ins by name.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from framefusion import profile_file
+from framefusion.profiles import file as profile_file
 from framefusion.errors import ProfileError
-from framefusion.profile_file import METHOD_SETTINGS
+from framefusion.profiles.file import METHOD_SETTINGS
 
 __all__ = [
     "BUILTIN_SOURCE", "PROFILES_ENV_VAR", "Profile", "builtin_profiles", "get_profile", "load_profiles",
@@ -101,7 +101,7 @@ def parse_profiles(document: object, source: str) -> dict[str, Profile]:
 
 
 def parse_profiles_text(text: str, source: str) -> dict[str, Profile]:
-    """Parse profiles YAML text strictly (see `framefusion.profile_file`) and validate it."""
+    """Parse profiles YAML text strictly (see `framefusion.profiles.file`) and validate it."""
     return parse_profiles(profile_file.load_yaml_text(text, source), source)
 
 

@@ -17,17 +17,16 @@ Nothing here raises on a strange or hostile config: the estimate is then None an
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator
 
 from framefusion.errors import OutOfMemory, Suggestion, WillNotFit
+from framefusion.model_zoo.checkpoint_numbers import ModelNumbers
 
 if TYPE_CHECKING:
     import torch
 
-    from framefusion.families.base import Family
     from framefusion.model_zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -36,24 +35,7 @@ logger = logging.getLogger(__name__)
 TEXT_TOKENS = 512
 # Python, the CUDA context, allocator slack and small buffers, bytes.
 FIXED_OVERHEAD_BYTES = 512 << 20
-# Used for a family whose tokens per frame cannot be read from its configs.
-FALLBACK_TOKENS_PER_FRAME = 256
 GIGABYTE = 1e9
-
-
-@dataclass(frozen=True)
-class ModelNumbers:
-    """What sizes a model's memory: its parameter count (and where it came from) and its KV cache shape."""
-
-    parameter_count: int
-    parameter_source: str
-    num_layers: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    intermediate_size: int
-    tokens_per_frame: int
 
 
 @dataclass(frozen=True)
@@ -104,101 +86,6 @@ def estimate_memory(numbers: ModelNumbers, *, frames: int, dtype_bytes: int, dty
     )
 
 
-def text_config_of(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The language model's part of a (multimodal) config.json dict."""
-    text = config.get("text_config")
-    return text if isinstance(text, Mapping) else config
-
-
-def count_parameters_from_config(config: Mapping[str, Any]) -> int:
-    """Parameters of a decoder-only video LLM from its config.json numbers: embeddings, decoder layers (attention
-    with biases, gated MLP, norms), output head unless tied, vision tower and projector. Raises KeyError,
-    TypeError or ValueError on a config without the numbers."""
-    text = text_config_of(config)
-    hidden = positive_int(text, "hidden_size")
-    heads = positive_int(text, "num_attention_heads")
-    kv_heads = positive_int(text, "num_key_value_heads", default=heads)
-    head_dim = positive_int(text, "head_dim", default=hidden // heads)
-    layers = positive_int(text, "num_hidden_layers")
-    vocab = positive_int(text, "vocab_size")
-    intermediate = positive_int(text, "intermediate_size")
-    attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
-    attention += heads * head_dim + 2 * kv_heads * head_dim  # q, k, v biases (Qwen2); tiny when absent
-    per_layer = attention + 3 * hidden * intermediate + 2 * hidden
-    tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
-    language = layers * per_layer + hidden + vocab * hidden * (1 if tied else 2)
-    vision = config.get("vision_config")
-    if not isinstance(vision, Mapping):
-        return language
-    return language + _family_of_config(config).vision_parameters(vision, hidden)
-
-
-def vision_tower_parameters(vision: Mapping[str, Any], width: int) -> int:
-    """A ViT `width` wide: its blocks (attention, MLP, norms) and its patch embedding (with learned position
-    embeddings when the config gives an image_size)."""
-    depth = positive_int(vision, "depth", default=None) if "depth" in vision else positive_int(
-        vision, "num_hidden_layers")
-    if "intermediate_size" in vision:
-        mlp_width = positive_int(vision, "intermediate_size")
-    else:
-        mlp_width = int(positive_number(vision, "mlp_ratio", default=4) * width)
-    gated = vision.get("hidden_act") == "silu"  # a gated (SwiGLU) MLP, as Qwen2.5-VL's vision blocks
-    block = 4 * width * width + 4 * width + (3 if gated else 2) * width * mlp_width + 4 * width
-    patch = positive_int(vision, "patch_size", default=14)
-    channels = positive_int(vision, "in_channels", default=3)
-    temporal = positive_int(vision, "temporal_patch_size", default=1)
-    patch_embedding = channels * temporal * patch * patch * width
-    if "image_size" in vision:  # SigLIP/CLIP: learned position embeddings, one per patch
-        patch_embedding += (positive_int(vision, "image_size") // patch) ** 2 * width
-    return depth * block + patch_embedding
-
-
-def mlp_projector_parameters(width: int, output: int) -> int:
-    """A two-layer MLP from the vision width to the language model's width (LLaVA's projector)."""
-    return width * output + output + output * output + output
-
-
-def tokens_per_frame_from_config(config: Mapping[str, Any], processor: Mapping[str, Any] | None = None,
-                                 frame_size: tuple[int, int] | None = None) -> int:
-    """Visual tokens one frame becomes in the language model's prompt, at most, as the model's family counts them.
-
-    processor: the (video) processor settings; frame_size: (width, height) of the video when known, else the
-    processor's largest frame is assumed.
-    """
-    tokens = _family_of_config(config).tokens_per_frame_from_config(config, processor, frame_size)
-    return FALLBACK_TOKENS_PER_FRAME if tokens is None else tokens
-
-
-def _family_of_config(config: Mapping[str, Any]) -> Family:
-    """The registered family of a config.json dict's model_type; the generic Family() for any other model."""
-    from framefusion.families import family_for_model_type
-    from framefusion.families.base import Family
-
-    return family_for_model_type(str(config.get("model_type", ""))) or Family()
-
-
-def model_numbers_from_config(config: Mapping[str, Any], *, processor: Mapping[str, Any] | None = None,
-                              frame_size: tuple[int, int] | None = None, parameter_count: int | None = None,
-                              parameter_source: str = "config.json") -> ModelNumbers:
-    """ModelNumbers from config.json (and the processor settings); parameter_count overrides the computed one."""
-    text = text_config_of(config)
-    hidden = positive_int(text, "hidden_size")
-    heads = positive_int(text, "num_attention_heads")
-    if parameter_count is None:
-        parameter_count, parameter_source = count_parameters_from_config(config), "config.json"
-    return ModelNumbers(
-        parameter_count=int(parameter_count),
-        parameter_source=parameter_source,
-        num_layers=positive_int(text, "num_hidden_layers"),
-        num_attention_heads=heads,
-        num_kv_heads=positive_int(text, "num_key_value_heads", default=heads),
-        head_dim=positive_int(text, "head_dim", default=hidden // heads),
-        hidden_size=hidden,
-        intermediate_size=positive_int(text, "intermediate_size"),
-        tokens_per_frame=tokens_per_frame_from_config(config, processor, frame_size),
-    )
-
-
 # --------------------------------------------------------------------------------------------------------
 # Comparing with the device
 # --------------------------------------------------------------------------------------------------------
@@ -227,7 +114,7 @@ def check_memory_fits(spec: ModelSpec, *, dtype: torch.dtype, device: torch.devi
     frames None: only the weights are counted (the caller does not know the frames yet). Returns the estimate,
     or None when it cannot be made or the device does not report its free memory.
     """
-    from framefusion.checkpoint_numbers import model_numbers_for_spec
+    from framefusion.model_zoo.checkpoint_numbers import model_numbers_for_spec
 
     numbers = model_numbers_for_spec(spec, revision=revision, frame_size=frame_size)
     if numbers is None:
@@ -317,30 +204,3 @@ def reporting_out_of_memory(*, frames: int | None = None, dtype: torch.dtype | N
 
 def _gb(count: int) -> str:
     return f"{count / GIGABYTE:.1f} GB" if count >= 0.1 * GIGABYTE else f"{count / 1e6:.0f} MB"
-
-
-def is_positive_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-_MISSING = object()
-
-
-def positive_number(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> float:
-    value = mapping.get(key, default)
-    if value is _MISSING:
-        raise KeyError(key)
-    if not is_positive_number(value):
-        raise ValueError(f"{key} must be a positive number, got {value!r}")
-    return value
-
-
-def positive_int(mapping: Mapping[str, Any], key: str, default: Any = _MISSING) -> int:
-    value = mapping.get(key)
-    if value is None:
-        if default is _MISSING or default is None:
-            raise KeyError(key)
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key} must be a positive whole number, got {value!r}")
-    return value

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from transformers.generation.streamers import TextStreamer
 
-from framefusion import transformers_compat as compat
+from framefusion.runtime import transformers_compat as compat
 from framefusion.families import (
     Family,
     find_family,
@@ -23,12 +23,12 @@ from framefusion.families import (
     supported_families,
 )
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
-from framefusion.clock import ForwardClock, Stopwatch
+from framefusion.runtime.clock import ForwardClock, Stopwatch
 from framefusion.errors import InputError, Suggestion
-from framefusion.memory import reporting_out_of_memory
-from framefusion.profiles import Profile
-from framefusion.reduction import FrameFusionStats
-from framefusion.results import (
+from framefusion.model_zoo.memory import reporting_out_of_memory
+from framefusion.profiles.catalog import Profile
+from framefusion.runtime.reduction import FrameFusionStats
+from framefusion.pipeline.results import (
     AskResult,
     Conversation,
     PreparedVideo,
@@ -101,7 +101,7 @@ class VideoQA:
                       max_difference: float | None = None) -> PreparedVideo:
         """Preprocess the clip's frames and run the vision encoder once.
 
-        max_difference: frame dedup (framefusion.frame_dedup): frames within this mean absolute RGB difference of the
+        max_difference: frame dedup (framefusion.methods.frame_dedup): frames within this mean absolute RGB difference of the
         last encoded frame reuse its features instead of being encoded (0: identical frames only); None: encode every
         frame. The vision time includes deciding which frames to encode.
         """
@@ -120,7 +120,7 @@ class VideoQA:
     def _encode(self, clip: VideoClip, video_inputs: dict[str, torch.Tensor],
                 max_difference: float | None) -> tuple[str, Any, int]:
         """(modality, features, sampled frames encoded): every frame, or with frame dedup only those that differ."""
-        from framefusion.frame_dedup import check_max_difference, plan_frame_dedup
+        from framefusion.methods.frame_dedup import check_max_difference, plan_frame_dedup
 
         if max_difference is not None:
             check_max_difference(max_difference)
@@ -155,7 +155,7 @@ class VideoQA:
 
         include_shared_work: count the video's decode, preprocessing and vision time in this answer's timings (the
         first question of a video); later questions about the same video reuse that work and count only their own.
-        keep_cache: keep the KV cache the answer left (result.conversation), for follow-up questions (framefusion.chat).
+        keep_cache: keep the KV cache the answer left (result.conversation), for follow-up questions (framefusion.apps.chat).
         """
         if not question.strip():
             raise InputError("the question is empty: ask something about the video")
@@ -339,7 +339,7 @@ def open_video_qa(model_spec: str, profile: Profile, *, device: str = "auto", dt
     without frames only the weights are checked. Raises InputError with the estimate and what to change when the
     model and the KV cache of `frames` frames do not fit in the device's free memory.
     """
-    from framefusion.memory import check_memory_fits
+    from framefusion.model_zoo.memory import check_memory_fits
     from framefusion.model_zoo import load_model, parse_model_spec
 
     spec = parse_model_spec(model_spec)

@@ -7,7 +7,7 @@
 Every profile answers the same question about the same frames in the same process. Warm-up rounds come first and
 are not counted; then `repeat` rounds, each running every profile once (the order rotates from round to round so no
 profile always runs first), and each timing is the median over the rounds. The pipeline synchronises the device around
-every timer (framefusion.clock). The CLI's `framefusion bench` only parses options, renders a `BenchResult` and draws
+every timer (framefusion.runtime.clock). The CLI's `framefusion bench` only parses options, renders a `BenchResult` and draws
 its plot.
 """
 
@@ -24,12 +24,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from framefusion.api import framefusion_handle
-from framefusion.doctor import cpu_name
+from framefusion.apps.doctor import cpu_name
 from framefusion.errors import InputError
-from framefusion.peak_memory import MemoryMeter
-from framefusion.pipeline import VideoQA
-from framefusion.results import TIMING_FIELDS, AskResult, PreparedVideo, Timings, TokenReport
-from framefusion.profiles import Profile
+from framefusion.runtime.peak_memory import MemoryMeter
+from framefusion.pipeline.video_qa import VideoQA
+from framefusion.pipeline.results import TIMING_FIELDS, AskResult, PreparedVideo, Timings, TokenReport
+from framefusion.profiles.catalog import Profile
 from framefusion.video import VideoClip
 
 DEFAULT_QUESTION = "What happens in this video?"
@@ -338,7 +338,7 @@ def synthetic_bench_video(folder: str | Path | None = None) -> Path:
 
     folder: where to write it (default: a new temporary folder the caller may delete).
     """
-    from framefusion.synthetic_video import write_synthetic_video
+    from framefusion.video.synthetic import write_synthetic_video
 
     target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="framefusion-bench-"))
     return write_synthetic_video(target / "synthetic-scene.mp4", seconds=4.0, fps=16, width=384, height=384)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from framefusion.clock import device_sync
+from framefusion.runtime.clock import device_sync
 
 # Seconds between two samples of the resident memory while a CPU run is measured.
 RSS_SAMPLING_INTERVAL = 0.005

@@ -143,7 +143,7 @@ def transformers_support() -> TransformersSupport:
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
 
-    from framefusion.transformers_compat import NEWEST_TESTED_TRANSFORMERS, TESTED_TRANSFORMERS
+    from framefusion.runtime.transformers_compat import NEWEST_TESTED_TRANSFORMERS, TESTED_TRANSFORMERS
 
     version = installed_version("transformers")
     try:
@@ -155,7 +155,7 @@ def transformers_support() -> TransformersSupport:
 
 
 def hub_kernels_support() -> HubKernels:
-    from framefusion import transformers_compat as compat
+    from framefusion.runtime import transformers_compat as compat
 
     try:
         version, usable = compat.hub_kernels_package()
@@ -231,7 +231,7 @@ def default_settings() -> Defaults:
     from framefusion.video import resolve_backend
 
     try:
-        from framefusion.pipeline import resolve_device, resolve_dtype
+        from framefusion.pipeline.video_qa import resolve_device, resolve_dtype
 
         device = resolve_device("auto")
         dtype = str(resolve_dtype("auto", device)).removeprefix("torch.")

@@ -1,6 +1,6 @@
 """What answering a question produces: timings, token counts per stage, the answer, and the prepared video.
 
-Plain data: the pipeline (framefusion/pipeline.py) fills them, the CLI renders them, `to_dict()` gives the JSON.
+Plain data: the pipeline (framefusion/pipeline/video_qa.py) fills them, the CLI renders them, `to_dict()` gives the JSON.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class AskResult:
     tokens: TokenReport
     timings: Timings
     new_tokens: int = 0
-    cache: str = "off"  # the vision-feature cache: "hit", "miss" or "off" (see framefusion.feature_cache)
+    cache: str = "off"  # the vision-feature cache: "hit", "miss" or "off" (see framefusion.pipeline.feature_cache)
     # The profile's method and settings as applied (a family-default S_th resolved to its value).
     settings: dict[str, Any] = field(default_factory=dict)
     conversation: Conversation | None = field(default=None, repr=False)  # with answer(keep_cache=True) only

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from framefusion import core
-from framefusion import transformers_compat as compat
+from framefusion.methods import framefusion as core
+from framefusion.runtime import transformers_compat as compat
 from framefusion.families import VideoInputs, supported_families
 from framefusion.errors import FrameFusionError, InputError, Suggestion
 from framefusion.video import VideoClip, read_video
@@ -233,7 +233,7 @@ def calibrate(qa: Any, videos: Sequence[str | Path], *, frames: int | None = Non
 def collect_videos(paths: Sequence[str | Path]) -> list[Path]:
     """The videos to calibrate on: each path as given if it is a file, the video files of a folder (not its
     subfolders, sorted) if it is a folder. Files are not opened here (`video.probe_video` checks them)."""
-    from framefusion.caption_folder import VIDEO_EXTENSIONS, find_videos
+    from framefusion.apps.caption.folder import VIDEO_EXTENSIONS, find_videos
 
     if not paths:
         raise InputError("no videos given: name video files, or folders that hold videos")

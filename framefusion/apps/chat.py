@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 import torch
 
-from framefusion import transformers_compat as compat
-from framefusion.clock import Stopwatch
+from framefusion.runtime import transformers_compat as compat
+from framefusion.runtime.clock import Stopwatch
 from framefusion.errors import InputError
-from framefusion.pipeline import VideoQA
-from framefusion.results import AskResult, Conversation, PreparedVideo, Timings
+from framefusion.pipeline.video_qa import VideoQA
+from framefusion.pipeline.results import AskResult, Conversation, PreparedVideo, Timings
 
 # Marks where the assistant's answer goes when the chat template renders a finished turn.
 _ANSWER_MARK = "\u2063FRAMEFUSION-ANSWER\u2063"

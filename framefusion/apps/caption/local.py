@@ -2,12 +2,12 @@
 
 Each video's record (or error record) is appended to the output file and forced to disk as soon as it is done,
 so the file stays valid after Ctrl-C or a kill; a record torn by a kill in the middle of its write is cut off when
-the file is opened again (framefusion/caption_file.py). Re-running the same command skips videos that already have
+the file is opened again (framefusion/apps/caption/records.py). Re-running the same command skips videos that already have
 a caption made with the same settings (model, profile, prompt, frame sampling) and retries the ones that failed.
 
-Frames are decoded in a child process that never outlives this one (framefusion/caption_decoder.py); it decodes
+Frames are decoded in a child process that never outlives this one (framefusion/apps/caption/decoder.py); it decodes
 the next video while the model works on the current one. `caption_one_video` is the one way a video becomes a
-record: this module's `CaptionRun` calls it in one process, framefusion/caption_ray.py in each Ray worker.
+record: this module's `CaptionRun` calls it in one process, framefusion/apps/caption/ray_engine.py in each Ray worker.
 
     run = CaptionRun(folder, settings, output)   # checks the folder, opens the output file, lists the work
     summary = run.run(qa)
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from framefusion.caption_decoder import DecodeTimeout, DecodeWorker, decode_video, one_line_error
-from framefusion.caption_file import (
+from framefusion.apps.caption.decoder import DecodeTimeout, DecodeWorker, decode_video, one_line_error
+from framefusion.apps.caption.records import (
     CSV_COLUMNS,
     FORMATS,
     CaptionFile,
@@ -34,7 +34,7 @@ from framefusion.caption_file import (
     resolve_format,
     settings_key,
 )
-from framefusion.caption_folder import VIDEO_EXTENSIONS, FolderListing, check_folder, find_videos
+from framefusion.apps.caption.folder import VIDEO_EXTENSIONS, FolderListing, check_folder, find_videos
 from framefusion.errors import InputError, VideoError
 
 DEFAULT_PROMPT = "Describe this video in detail."
@@ -205,7 +205,7 @@ class CaptionEvents:
     """What a run reports as it goes; the CLI draws a progress bar from it. Every method does nothing here."""
 
     def workers_planned(self, plan: Any) -> None:
-        """A distributed engine chose its pool (framefusion.caption_ray.WorkerPlan)."""
+        """A distributed engine chose its pool (framefusion.apps.caption.ray_engine.WorkerPlan)."""
 
     def started(self, pending: int) -> None: ...
 
@@ -295,7 +295,7 @@ def caption_one_video(qa: Any, folder: Path, video: str, settings: CaptionSettin
     video to decode next while the model works on this one. worker: goes into the record. cache: the vision-feature
     cache (feature_cache.FeatureCache; None: off): a hit skips decoding and the vision encoder.
     """
-    from framefusion.preflight import cached_video, feature_key, keep_features
+    from framefusion.pipeline.preflight import cached_video, feature_key, keep_features
 
     timeout = settings.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -350,7 +350,7 @@ def _model_timeout_message(timeout: float | None) -> str:
 def _caption_prepared(qa: Any, video: str, path: str, settings: CaptionSettings, prepared: Any,
                       versions: dict[str, str], worker: str, deadline: float | None,
                       timeout: float | None) -> dict[str, Any]:
-    from framefusion.pipeline import ask_video
+    from framefusion.pipeline.video_qa import ask_video
 
     try:
         if deadline is not None and time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from framefusion.errors import InputError
-from framefusion.profiles import Profile, get_profile
+from framefusion.profiles.catalog import Profile, get_profile
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
@@ -42,7 +42,7 @@ class RunSettings:
     @property
     def frame_count(self) -> int | None:
         """Frames to sample uniformly (None: sample at `fps`, up to max_frames)."""
-        from framefusion.pipeline import DEFAULT_FRAMES
+        from framefusion.pipeline.video_qa import DEFAULT_FRAMES
 
         return self.frames if self.frames is not None or self.fps is not None else DEFAULT_FRAMES
 
@@ -75,7 +75,7 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
     """Check everything that can be checked without the model: the attention backend, the sampling, the profile(s),
     the model name and its frame multiple when the name tells the family, and each video (opened and probed)."""
     from framefusion.model_zoo import check_hub_kernels, parse_model_spec
-    from framefusion.pipeline import check_frame_count
+    from framefusion.pipeline.video_qa import check_frame_count
     from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
 
     if settings.attn_implementation not in ATTENTION_BACKENDS:
@@ -101,7 +101,7 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
 def open_run(checked: CheckedRun) -> Any:
     """Load the model (after the memory estimate) under the run's profile; the frame multiple is checked again
     against the loaded model's family. Returns a pipeline.VideoQA."""
-    from framefusion.pipeline import check_frame_count, open_video_qa
+    from framefusion.pipeline.video_qa import check_frame_count, open_video_qa
 
     settings = checked.settings
     qa = open_video_qa(
@@ -141,7 +141,7 @@ def prepare_video_file(qa: Any, settings: RunSettings, video: str | Path, cache:
 
 def feature_key(qa: Any, sampling: dict[str, Any], video: str | Path) -> str:
     """The feature-cache key of `video` sampled as `sampling` (RunSettings.sampling()) for `qa`'s model and profile."""
-    from framefusion.feature_cache import cache_key, video_fingerprint
+    from framefusion.pipeline.feature_cache import cache_key, video_fingerprint
 
     # Stages before the vision encoder change the features; without any the key is what it always was.
     return cache_key(video=video_fingerprint(video), sampling=sampling, stages=qa.profile.pre_vision_stages(),
@@ -150,7 +150,7 @@ def feature_key(qa: Any, sampling: dict[str, Any], video: str | Path) -> str:
 
 def cached_video(qa: Any, cache: Any, key: str | None, video: str | Path) -> Any:
     """The PreparedVideo of a feature-cache hit (decoding and vision: 0 s), or None (a miss, or no cache)."""
-    from framefusion.results import PreparedVideo
+    from framefusion.pipeline.results import PreparedVideo
 
     entry = cache.load(key, qa.device) if cache is not None else None
     if entry is None:
@@ -163,7 +163,7 @@ def cached_video(qa: Any, cache: Any, key: str | None, video: str | Path) -> Any
 
 def keep_features(qa: Any, cache: Any, key: str | None, prepared: Any) -> Any:
     """Store a freshly prepared video's features under `key` (a miss); the PreparedVideo, marked, comes back."""
-    from framefusion.feature_cache import CachedVideo
+    from framefusion.pipeline.feature_cache import CachedVideo
 
     if cache is None or prepared.vision_features is None:
         return prepared  # no cache, or the model encodes inside generate(): nothing to keep

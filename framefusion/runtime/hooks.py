@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
-from framefusion import transformers_compat as compat
-from framefusion.clock import Stopwatch
-from framefusion.families.base import Family, VideoInputs
-from framefusion.reduction import FrameFusionSettings, FrameFusionStats, PrefillReduction
+from framefusion.runtime import transformers_compat as compat
+from framefusion.runtime.clock import Stopwatch
+from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats, PrefillReduction
+from framefusion.runtime.video_inputs import VideoInputs
+
+if TYPE_CHECKING:
+    from framefusion.families.base import Family
 
 
 def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The numbers that size a model's memory, read from a checkpoint before loading it: parameter counts from
 safetensors headers or the index, configs and processor settings, from a local folder, the hub's small JSON files, a
 tiny checkpoint or a shipped real shape. Never trusting them: a strange or hostile file gives no numbers (None), not a
-crash; the estimate (framefusion/memory.py) is then skipped.
+crash; the estimate (framefusion/model_zoo/memory.py) is then skipped.
 """
 
 from __future__ import annotations
@@ -10,20 +10,103 @@ import json
 import logging
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from framefusion.memory import ModelNumbers, is_positive_number, model_numbers_from_config, text_config_of
+from framefusion.families import family_for_model_type
+from framefusion.families.base import Family
+from framefusion.families.config_numbers import is_positive_number, positive_int, text_config_of
 
 if TYPE_CHECKING:
     from framefusion.model_zoo import ModelSpec
 
 logger = logging.getLogger(__name__)
 
+# Used for a family whose tokens per frame cannot be read from its configs.
+FALLBACK_TOKENS_PER_FRAME = 256
+
 # A safetensors header larger than this is not read (a real one is a few MB at most).
 MAX_SAFETENSORS_HEADER_BYTES = 100 << 20
 MAX_CONFIG_BYTES = 4 << 20
 _CONFIG_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+
+@dataclass(frozen=True)
+class ModelNumbers:
+    """What sizes a model's memory: its parameter count (and where it came from) and its KV cache shape."""
+
+    parameter_count: int
+    parameter_source: str
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    tokens_per_frame: int
+
+
+def count_parameters_from_config(config: Mapping[str, Any]) -> int:
+    """Parameters of a decoder-only video LLM from its config.json numbers: embeddings, decoder layers (attention
+    with biases, gated MLP, norms), output head unless tied, vision tower and projector. Raises KeyError,
+    TypeError or ValueError on a config without the numbers."""
+    text = text_config_of(config)
+    hidden = positive_int(text, "hidden_size")
+    heads = positive_int(text, "num_attention_heads")
+    kv_heads = positive_int(text, "num_key_value_heads", default=heads)
+    head_dim = positive_int(text, "head_dim", default=hidden // heads)
+    layers = positive_int(text, "num_hidden_layers")
+    vocab = positive_int(text, "vocab_size")
+    intermediate = positive_int(text, "intermediate_size")
+    attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    attention += heads * head_dim + 2 * kv_heads * head_dim  # q, k, v biases (Qwen2); tiny when absent
+    per_layer = attention + 3 * hidden * intermediate + 2 * hidden
+    tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
+    language = layers * per_layer + hidden + vocab * hidden * (1 if tied else 2)
+    vision = config.get("vision_config")
+    if not isinstance(vision, Mapping):
+        return language
+    return language + _family_of_config(config).vision_parameters(vision, hidden)
+
+
+def tokens_per_frame_from_config(config: Mapping[str, Any], processor: Mapping[str, Any] | None = None,
+                                 frame_size: tuple[int, int] | None = None) -> int:
+    """Visual tokens one frame becomes in the language model's prompt, at most, as the model's family counts them.
+
+    processor: the (video) processor settings; frame_size: (width, height) of the video when known, else the
+    processor's largest frame is assumed.
+    """
+    tokens = _family_of_config(config).tokens_per_frame_from_config(config, processor, frame_size)
+    return FALLBACK_TOKENS_PER_FRAME if tokens is None else tokens
+
+
+def _family_of_config(config: Mapping[str, Any]) -> Family:
+    """The registered family of a config.json dict's model_type; the generic Family() for any other model."""
+    return family_for_model_type(str(config.get("model_type", ""))) or Family()
+
+
+def model_numbers_from_config(config: Mapping[str, Any], *, processor: Mapping[str, Any] | None = None,
+                              frame_size: tuple[int, int] | None = None, parameter_count: int | None = None,
+                              parameter_source: str = "config.json") -> ModelNumbers:
+    """ModelNumbers from config.json (and the processor settings); parameter_count overrides the computed one."""
+    text = text_config_of(config)
+    hidden = positive_int(text, "hidden_size")
+    heads = positive_int(text, "num_attention_heads")
+    if parameter_count is None:
+        parameter_count, parameter_source = count_parameters_from_config(config), "config.json"
+    return ModelNumbers(
+        parameter_count=int(parameter_count),
+        parameter_source=parameter_source,
+        num_layers=positive_int(text, "num_hidden_layers"),
+        num_attention_heads=heads,
+        num_kv_heads=positive_int(text, "num_key_value_heads", default=heads),
+        head_dim=positive_int(text, "head_dim", default=hidden // heads),
+        hidden_size=hidden,
+        intermediate_size=positive_int(text, "intermediate_size"),
+        tokens_per_frame=tokens_per_frame_from_config(config, processor, frame_size),
+    )
 
 
 def count_parameters_from_safetensors(paths: list[Path]) -> int | None:

@@ -1,5 +1,5 @@
 """The state of one prefill under FrameFusion: which original positions are still present, what each step did,
-and the budget. Pure bookkeeping over tensors; the runtime (framefusion/runtime.py) calls it from the decoder layers.
+and the budget. Pure bookkeeping over tensors; the runtime (framefusion/runtime/hooks.py) calls it from the decoder layers.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from framefusion import core
+from framefusion.methods import evs
+from framefusion.methods import framefusion as core
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class PrefillReduction:
     def evs_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """EVS before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
         before = (self.length, self.num_video)
-        keep = core.evs_keep_by_patch(hidden_states[0], self.patch_types, self.settings.evs_pruning_rate)
+        keep = evs.keep_by_patch(hidden_states[0], self.patch_types, self.settings.evs_pruning_rate)
         if not bool(keep.all()):
             self._keep(keep)
             hidden_states = hidden_states[:, keep]

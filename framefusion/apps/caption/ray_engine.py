@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from framefusion.caption import (
+from framefusion.apps.caption.local import (
     CaptionEvents,
     CaptionRun,
     CaptionSettings,
@@ -40,7 +40,7 @@ from framefusion.caption import (
     error_record,
     software_versions,
 )
-from framefusion.caption_decoder import one_line_error
+from framefusion.apps.caption.decoder import one_line_error
 from framefusion.errors import FrameFusionError, InputError, Suggestion
 
 INSTALL_HINT = "pip install 'framefusion[ray]'"
@@ -82,7 +82,7 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """How each worker opens the model: the arguments of `framefusion.pipeline.open_video_qa`."""
+    """How each worker opens the model: the arguments of `framefusion.pipeline.video_qa.open_video_qa`."""
 
     model_spec: str
     profile: Any
@@ -94,7 +94,7 @@ class ModelRecipe:
     hub_kernels: bool = False
 
     def open(self, device: str) -> Any:
-        from framefusion.pipeline import open_video_qa
+        from framefusion.pipeline.video_qa import open_video_qa
 
         return open_video_qa(self.model_spec, self.profile, device=device, dtype=self.dtype,
                              attn_implementation=self.attn_implementation, revision=self.revision,
@@ -153,7 +153,7 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
 
     A local instance never outlives this process, however it ends: Ray ties its daemons to it, and a reaper
     process ends the two agents that would otherwise linger for a minute after a kill -9."""
-    from framefusion.process_reaper import ProcessReaper
+    from framefusion.apps.caption.process_reaper import ProcessReaper
 
     if ray.is_initialized():
         yield False
