@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from framefusion.families import default_benchmark_shape
-from framefusion_cli import options as opt
+from framefusion_cli.console import log, run_guarded, stdout
+from framefusion_cli.options import run_settings, shared_options
 
 # Random weights at a published shape a built-in family names: measurable anywhere, nothing to download.
 DEFAULT_BENCH_MODEL = f"random:{default_benchmark_shape()}"
@@ -34,51 +35,39 @@ def register(app: typer.Typer) -> None:
     app.command(name="bench")(bench)
 
 
+@shared_options("loading", "profiles_file", "frames", "backend", "max_new_tokens", "output",
+                model=DEFAULT_BENCH_MODEL, max_new_tokens=16)
 def bench(
     video: Annotated[Optional[Path], typer.Argument(
         help="The video (default: a generated scene with static regions that merge and changing ones that are "
              "pruned).", show_default=False)] = None,
-    model: opt.ModelOption = DEFAULT_BENCH_MODEL,
     profiles: ProfilesListOption = "baseline,framefusion",
-    profiles_file: opt.ProfilesFileOption = None,
-    frames: opt.FramesOption = None,
     repeat: RepeatOption = 3,
     warmup: WarmupOption = 1,
-    max_new_tokens: opt.MaxNewTokensOption = 16,
     question: QuestionOption = None,
-    device: opt.DeviceOption = "auto",
-    dtype: opt.DtypeOption = "auto",
-    attn: opt.AttnOption = "sdpa",
-    backend: opt.BackendOption = "auto",
-    json_output: opt.JsonOption = False,
     plot: PlotOption = None,
-    debug: opt.DebugOption = False,
-    hub_kernels: opt.HubKernelsOption = False,
+    *,
+    options: SimpleNamespace,
 ) -> None:
     """Measure reduction profiles side by side on one model and video: tokens, time, memory, speedups."""
-    from framefusion_cli.app import log, run_guarded, stdout
-
     def work() -> None:
         from framefusion.apps import bench as library
         from framefusion.pipeline.video_qa import DEFAULT_FRAMES, resolve_device, resolve_dtype
-        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
+        from framefusion.pipeline.preflight import check_run, open_run, read_clip
         from framefusion.profiles.catalog import get_profile
-        from framefusion.video import read_video
         from framefusion_cli import plots
 
         # Everything that can be checked without the model is checked first.
         names = library.parse_profile_list(profiles)
-        library.check_bench_arguments(names, repeat, warmup, max_new_tokens)
-        chosen = [get_profile(name, profiles_file) for name in names]
-        frame_count = frames if frames is not None else DEFAULT_FRAMES
-        settings = RunSettings(model=model, profile=names[0], profiles_file=profiles_file, frames=frame_count,
-                               max_frames=frame_count, device=device, dtype=dtype, attn_implementation=attn,
-                               backend=backend, hub_kernels=hub_kernels)
+        library.check_bench_arguments(names, repeat, warmup, options.max_new_tokens)
+        chosen = [get_profile(name, options.profiles_file) for name in names]
+        frame_count = options.frames if options.frames is not None else DEFAULT_FRAMES
+        settings = run_settings(options, profile=names[0], frames=frame_count, max_frames=frame_count)
         checked = check_run(settings, [video] if video is not None else [])  # the same checks as ask
         if plot is not None:
             plots.check_plot_path(plot)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        torch_device = resolve_device(settings.device)
+        torch_dtype = resolve_dtype(settings.dtype, torch_device)
 
         generated_folder = None
         try:
@@ -86,13 +75,11 @@ def bench(
             if source is None:
                 source = library.synthetic_bench_video()
                 generated_folder = source.parent
-            log(f"loading {model} ...")
+            log(f"loading {settings.model} ...")
             qa = open_run(checked)
-            started = time.perf_counter()
-            clip = read_video(source, num_frames=frame_count, backend=backend)
-            decode_seconds = time.perf_counter() - started
+            clip, decode_seconds = read_clip(settings, source)
             result = library.run_bench(
-                qa, clip, chosen, repeat=repeat, warmup=warmup, max_new_tokens=max_new_tokens,
+                qa, clip, chosen, repeat=repeat, warmup=warmup, max_new_tokens=settings.max_new_tokens,
                 question=question or library.DEFAULT_QUESTION, decode_seconds=decode_seconds, dtype=torch_dtype,
                 on_progress=log,
             )
@@ -104,12 +91,12 @@ def bench(
         if plot is not None:
             plots.save_bench_plot(result, plot)
             log(f"plot written to {plot}")
-        if json_output:
+        if options.json_output:
             print(json.dumps(result.to_dict(), ensure_ascii=False))
         else:
             stdout.print(render_bench(result))
 
-    run_guarded(debug, work)
+    run_guarded(options.debug, work)
 
 
 # --- rendering -----------------------------------------------------------------------------------------------------

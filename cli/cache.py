@@ -10,6 +10,7 @@ import typer
 
 from framefusion.errors import InputError
 from framefusion_cli import options as opt
+from framefusion_cli.console import run_guarded, stdout
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -23,8 +24,6 @@ def parse_age(text: str) -> float:
 
 
 def register(app: typer.Typer) -> None:
-    from framefusion_cli.app import run_guarded, stdout
-
     cache_app = typer.Typer(help="The vision-feature cache that lets a second question about a video skip decoding "
                                  "and the vision encoder ($FRAMEFUSION_CACHE/features).", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, List, Optional
 
 import typer
@@ -11,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from framefusion.errors import InputError
-from framefusion_cli import options as opt
+from framefusion_cli.console import log, run_guarded, stdout
+from framefusion_cli.options import run_settings, shared_options
 
 SaveProfileOption = Annotated[Optional[str], typer.Option(
     "--save-profile",
@@ -28,47 +30,32 @@ def register(app: typer.Typer) -> None:
     app.command(name="calibrate")(calibrate)
 
 
+@shared_options("loading", "sampling", "profiles_file", "output")
 def calibrate(
     videos: Annotated[Optional[List[Path]], typer.Argument(
         help="Video files, or folders whose videos are all used.", show_default=False)] = None,
-    model: opt.ModelOption = opt.DEFAULT_MODEL,
-    revision: opt.RevisionOption = None,
-    frames: opt.FramesOption = None,
-    fps: opt.FpsOption = None,
-    max_frames: opt.MaxFramesOption = 64,
-    start: opt.StartOption = None,
-    end: opt.EndOption = None,
-    device: opt.DeviceOption = "auto",
-    dtype: opt.DtypeOption = "auto",
-    attn: opt.AttnOption = "sdpa",
-    backend: opt.BackendOption = "auto",
     save_profile: SaveProfileOption = None,
     cost: CostOption = 0.3,
-    profiles_file: opt.ProfilesFileOption = None,
     plot: PlotOption = None,
-    json_output: opt.JsonOption = False,
-    debug: opt.DebugOption = False,
-    trust_remote_code: opt.TrustRemoteCodeOption = False,
-    hub_kernels: opt.HubKernelsOption = False,
+    *,
+    options: SimpleNamespace,
 ) -> None:
     """Measure, on your own videos, how similar each video token is to the same place in the previous frame, layer
     by layer, and propose FrameFusion's similarity threshold S_th by the authors' rule: the mean over videos of the
     median similarity at the input embeddings, where the first merge happens."""
-    from framefusion_cli.app import log, run_guarded, stdout
+    model, profiles_file = options.model, options.profiles_file
 
     def work() -> None:
         from framefusion.apps import calibrate as library
         from framefusion.api import minimum_cost
-        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
+        from framefusion.pipeline.preflight import check_run, open_run
         from framefusion.profiles.catalog import save_profile as write_profile
         from framefusion_cli.plots import check_plot_path
 
         # Everything that can be checked without the model is checked first (the same checks as ask).
         paths = library.collect_videos(videos or [])
-        settings = RunSettings(
-            model=model, profile="baseline", revision=revision, frames=frames, fps=fps, max_frames=max_frames,
-            start=start, end=end, device=device, dtype=dtype, attn_implementation=attn, backend=backend,
-            trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
+        # --profiles-file is where the proposed profile is saved, not where the run reads its profile.
+        settings = run_settings(options, profile="baseline", profiles_file=None)
         frame_count = settings.frame_count
         if frame_count is not None and frame_count < 2:
             raise InputError("calibration compares frames with the previous one: sample at least 2",
@@ -85,7 +72,8 @@ def calibrate(
             raise InputError(f"too small for a model with {qa.num_layers} decoder layers: the saved profile could not "
                              f"run; use at least {minimum_cost(qa.num_layers):.3f}", setting="cost", value=cost)
         result = library.calibrate(
-            qa, paths, frames=frame_count, fps=fps, max_frames=max_frames, start=start, end=end, backend=backend,
+            qa, paths, frames=frame_count, fps=settings.fps, max_frames=settings.max_frames, start=settings.start,
+            end=settings.end, backend=settings.backend,
             on_video=lambda index, path: log(f"[{index + 1}/{len(paths)}] {path}"),
         )
 
@@ -96,7 +84,7 @@ def calibrate(
         if plot is not None:
             write_plot(result, plot)
             log(f"plot written to {plot}")
-        if json_output:
+        if options.json_output:
             print(json.dumps(dict(result.to_dict(), saved_profile=saved), ensure_ascii=False))
             return
         stdout.print(similarity_table(result))
@@ -114,7 +102,7 @@ def calibrate(
                          f"QUESTION --model {model} --profile {save_profile}{file_option}", highlight=False,
                          soft_wrap=True)  # a command to copy: never broken inside a path
 
-    run_guarded(debug, work)
+    run_guarded(options.debug, work)
 
 
 def check_saved_profile(name: str, cost: float, profiles_file: Optional[Path]) -> None:

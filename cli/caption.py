@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Optional
 
 import typer
@@ -16,7 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from framefusion.errors import InputError
-from framefusion_cli import options as opt
+from framefusion_cli.console import log, run_guarded
+from framefusion_cli.options import run_settings, shared_options
 
 EXIT_SOME_FAILED, EXIT_INTERRUPTED = 1, 130
 
@@ -26,6 +28,8 @@ def register(app: typer.Typer) -> None:
     app.command(name="caption")(caption)
 
 
+@shared_options("loading", "profile", "frames", "fps", "max_frames", "backend", "max_new_tokens", "debug",
+                "no_cache")
 def caption(
     folder: Annotated[Path, typer.Argument(help="The folder that holds the videos.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
@@ -50,43 +54,26 @@ def caption(
     cpus_per_worker: Annotated[Optional[float], typer.Option(
         help="CPUs per Ray worker, also its torch threads (default: this machine's CPUs split between the "
              "workers; 1 on a cluster).", show_default=False)] = None,
-    model: opt.ModelOption = opt.DEFAULT_MODEL,
-    revision: opt.RevisionOption = None,
-    profile: opt.ProfileOption = "framefusion",
-    profiles_file: opt.ProfilesFileOption = None,
-    frames: opt.FramesOption = None,
-    fps: opt.FpsOption = None,
-    max_frames: opt.MaxFramesOption = 64,
-    max_new_tokens: opt.MaxNewTokensOption = 128,
-    device: opt.DeviceOption = "auto",
-    dtype: opt.DtypeOption = "auto",
-    attn: opt.AttnOption = "sdpa",
-    backend: opt.BackendOption = "auto",
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the summary as JSON on stdout (progress and logs go to stderr).")] = False,
-    debug: opt.DebugOption = False,
-    trust_remote_code: opt.TrustRemoteCodeOption = False,
-    hub_kernels: opt.HubKernelsOption = False,
-    no_cache: opt.NoCacheOption = False,
+    *,
+    options: SimpleNamespace,
 ) -> None:
     """Caption every video in a folder, one record per video appended as it is done; re-running resumes.
 
     Exit status: 0 every video captioned, 1 some failed (see their error records), 2 bad usage, 130 interrupted.
     """
-    from framefusion_cli.app import log, run_guarded
-
     stdout, stderr = Console(), Console(stderr=True)
+    model, revision, max_new_tokens = options.model, options.revision, options.max_new_tokens
 
     def work() -> None:
         from framefusion.apps.caption.local import DEFAULT_PROMPT, CaptionRun, CaptionSettings, DecodeWorker
         from framefusion.model_zoo import parse_model_spec
-        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
+        from framefusion.pipeline.preflight import check_run, open_run
 
         # Everything that can be checked without the model is checked first.
         if timeout is not None and not timeout > 0:
             raise InputError(f"--timeout must be a number of seconds > 0, got {timeout}")
-        if max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         if engine not in ("local", "ray"):
             raise InputError(f"unknown --engine {engine!r}: use local or ray")
         ray_flags = {"--workers": workers, "--address": address, "--gpus-per-worker": gpus_per_worker,
@@ -98,20 +85,17 @@ def caption(
             from framefusion.apps.caption.ray_engine import import_ray
 
             import_ray()  # says how to install it, before anything else
-        run_settings = RunSettings(
-            model=model, profile=profile, profiles_file=profiles_file, revision=revision, frames=frames, fps=fps,
-            max_frames=max_frames, device=device, dtype=dtype, attn_implementation=attn, backend=backend,
-            trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
-        checked = check_run(run_settings)  # the same checks as ask; each video is checked when its turn comes
-        chosen_profile, frame_count = checked.profile, run_settings.frame_count
+        settings_of_run = run_settings(options)
+        checked = check_run(settings_of_run)  # the same checks as ask; each video is checked when its turn comes
+        chosen_profile, frame_count = checked.profile, settings_of_run.frame_count
         spec = parse_model_spec(model)
         model_name = spec.name + (f"@{revision}" if revision else "")
         destination = output if output is not None else Path(
             "captions.csv" if output_format == "csv" else "captions.jsonl")
         settings = CaptionSettings(
             model=model_name, profile=chosen_profile.name, prompt=DEFAULT_PROMPT if prompt is None else prompt,
-            frames=frame_count if fps is None else None, fps=fps, max_frames=max_frames,
-            max_new_tokens=max_new_tokens, backend=backend, timeout=timeout,
+            frames=frame_count if options.fps is None else None, fps=options.fps, max_frames=options.max_frames,
+            max_new_tokens=max_new_tokens, backend=options.backend, timeout=timeout,
         )
         run = CaptionRun(folder, settings, destination, format=output_format, recursive=recursive)
         if run.summary.repaired_bytes:
@@ -131,9 +115,7 @@ def caption(
             log(f"loading {model} ...")
             qa = open_run(checked)
             with ProgressEvents(stderr) as events:
-                from framefusion.pipeline.feature_cache import FeatureCache
-
-                run.run(qa, events=events, worker=worker, cache=None if no_cache else FeatureCache())
+                run.run(qa, events=events, worker=worker, cache=settings_of_run.cache())
         except KeyboardInterrupt:
             run.summary.interrupted = True
             finish(run.summary)
@@ -145,11 +127,12 @@ def caption(
     def caption_on_ray(run: Any, chosen_profile: Any) -> None:
         from framefusion.apps.caption.ray_engine import ModelRecipe, RayOptions, caption_on_ray
 
-        recipe = ModelRecipe(model, chosen_profile, device=device, dtype=dtype, attn_implementation=attn,
-                             revision=revision, trust_remote_code=trust_remote_code, hub_kernels=hub_kernels)
-        options = RayOptions(workers=workers, address=address, cpus_per_worker=cpus_per_worker,
-                             gpus_per_worker=gpus_per_worker)
-        if not debug:
+        recipe = ModelRecipe(model, chosen_profile, device=options.device, dtype=options.dtype,
+                             attn_implementation=options.attn, revision=revision,
+                             trust_remote_code=options.trust_remote_code, hub_kernels=options.hub_kernels)
+        pool = RayOptions(workers=workers, address=address, cpus_per_worker=cpus_per_worker,
+                          gpus_per_worker=gpus_per_worker)
+        if not options.debug:
             # Ray's C++ core logs routine notes at error level on stderr, Ray Data logs each run at info level;
             # the progress bar and the records say what happened, and --debug keeps them all.
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -157,7 +140,7 @@ def caption(
         try:
             # Ray prints worker failures on stdout, which belongs to --json.
             with ProgressEvents(stderr) as events, contextlib.redirect_stdout(sys.stderr):
-                caption_on_ray(run, recipe, options, events=events)
+                caption_on_ray(run, recipe, pool, events=events)
         except KeyboardInterrupt:
             run.summary.interrupted = True
             finish(run.summary)
@@ -172,7 +155,7 @@ def caption(
         if summary.failed and not summary.interrupted:
             raise typer.Exit(EXIT_SOME_FAILED)
 
-    run_guarded(debug, work)
+    run_guarded(options.debug, work)
 
 
 class ProgressEvents:

@@ -5,106 +5,83 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
 from rich.prompt import Prompt
 
 from framefusion.errors import InputError
-from framefusion_cli import options as opt
+from framefusion_cli.console import log, run_guarded, stderr, stdout
+from framefusion_cli.options import run_settings, shared_options
 
 COMMANDS_HELP = "/tokens (token counts and timings of the last turn), /reset, /save FILE, /exit"
 
 
 def register(app: typer.Typer) -> None:
-    from framefusion_cli.app import log, run_guarded, stderr, stdout
+    app.command(name="chat")(chat)
 
-    @app.command()
-    def chat(
-        video: Annotated[Path, typer.Argument(help="The video file.", show_default=False)],
-        model: opt.ModelOption = opt.DEFAULT_MODEL,
-        revision: opt.RevisionOption = None,
-        profile: opt.ProfileOption = "framefusion",
-        profiles_file: opt.ProfilesFileOption = None,
-        frames: opt.FramesOption = None,
-        fps: opt.FpsOption = None,
-        max_frames: opt.MaxFramesOption = 64,
-        start: opt.StartOption = None,
-        end: opt.EndOption = None,
-        max_new_tokens: opt.MaxNewTokensOption = 128,
-        temperature: opt.TemperatureOption = 0.0,
-        seed: opt.SeedOption = None,
-        system: opt.SystemOption = None,
-        device: opt.DeviceOption = "auto",
-        dtype: opt.DtypeOption = "auto",
-        attn: opt.AttnOption = "sdpa",
-        backend: opt.BackendOption = "auto",
-        show_tokens: Annotated[bool, typer.Option(
-            "--show-tokens", help="Show the token counts and timings after every answer.")] = False,
-        json_output: opt.JsonOption = False,
-        debug: opt.DebugOption = False,
-        trust_remote_code: opt.TrustRemoteCodeOption = False,
-        hub_kernels: opt.HubKernelsOption = False,
-        no_reference_positions: opt.NoReferencePositionsOption = False,
-        no_cache: opt.NoCacheOption = False,
-        save: Annotated[Optional[Path], typer.Option(
-            "--save", help="Also write the conversation as JSON to this file at the end.")] = None,
-    ) -> None:
-        """Talk about a video: follow-up questions continue from the kept (reduced) KV cache, so each computes only
-        its own new tokens. Reads one question per line from stdin when it is not a terminal. Commands: /tokens,
-        /reset, /save FILE, /exit."""
 
-        def work() -> None:
-            from framefusion.apps.chat import ChatSession
-            from framefusion.pipeline.feature_cache import FeatureCache
-            from framefusion.pipeline.preflight import RunSettings, check_run, open_run, prepare_video_file
-            from framefusion_cli.render import chat_turn_table
+@shared_options("loading", "profile", "sampling", "generation", "output", "no_reference_positions", "no_cache")
+def chat(
+    video: Annotated[Path, typer.Argument(help="The video file.", show_default=False)],
+    show_tokens: Annotated[bool, typer.Option(
+        "--show-tokens", help="Show the token counts and timings after every answer.")] = False,
+    save: Annotated[Optional[Path], typer.Option(
+        "--save", help="Also write the conversation as JSON to this file at the end.")] = None,
+    *,
+    options: SimpleNamespace,
+) -> None:
+    """Talk about a video: follow-up questions continue from the kept (reduced) KV cache, so each computes only
+    its own new tokens. Reads one question per line from stdin when it is not a terminal. Commands: /tokens,
+    /reset, /save FILE, /exit."""
+    json_output = options.json_output
 
-            settings = RunSettings(
-                model=model, profile=profile, profiles_file=profiles_file, revision=revision, frames=frames, fps=fps,
-                max_frames=max_frames, start=start, end=end, device=device, dtype=dtype, attn_implementation=attn,
-                backend=backend, trust_remote_code=trust_remote_code, hub_kernels=hub_kernels,
-                reference_positions=not no_reference_positions)
-            checked = check_run(settings, [video])
-            log(f"loading {model} ...")
-            qa = open_run(checked)
-            prepared = prepare_video_file(qa, settings, video, None if no_cache else FeatureCache())
-            session = ChatSession(qa, prepared, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, seed=seed, system=system)
-            interactive = sys.stdin.isatty() and not json_output
-            if interactive:
-                stdout.print(f"[dim]Ask about {video.name}. {COMMANDS_HELP}.[/dim]")
-            for line in _questions(interactive):
-                command, _, argument = line.partition(" ")
-                if command == "/exit":
-                    break
-                if command == "/reset":
-                    session.reset()
-                    log("conversation reset: the next question starts from the video")
-                elif command == "/tokens":
-                    if session.turns and not json_output:
-                        stdout.print(chat_turn_table(session.turns[-1]))
-                elif command == "/save":
-                    if not argument.strip():
-                        raise InputError("/save needs a file name, e.g. /save chat.json")
-                    log(f"saved to {session.save(argument.strip())}")
-                elif command.startswith("/"):
-                    stderr.print(f"unknown command {command}: {COMMANDS_HELP}", highlight=False)
+    def work() -> None:
+        from framefusion.apps.chat import ChatSession
+        from framefusion.pipeline.preflight import check_run, open_run, prepare_video_file
+        from framefusion_cli.render import chat_turn_table
+
+        settings = run_settings(options)
+        checked = check_run(settings, [video])
+        log(f"loading {settings.model} ...")
+        qa = open_run(checked)
+        prepared = prepare_video_file(qa, settings, video, settings.cache())
+        session = ChatSession(qa, prepared, **settings.generation())
+        interactive = sys.stdin.isatty() and not json_output
+        if interactive:
+            stdout.print(f"[dim]Ask about {video.name}. {COMMANDS_HELP}.[/dim]")
+        for line in _questions(interactive):
+            command, _, argument = line.partition(" ")
+            if command == "/exit":
+                break
+            if command == "/reset":
+                session.reset()
+                log("conversation reset: the next question starts from the video")
+            elif command == "/tokens":
+                if session.turns and not json_output:
+                    stdout.print(chat_turn_table(session.turns[-1]))
+            elif command == "/save":
+                if not argument.strip():
+                    raise InputError("/save needs a file name, e.g. /save chat.json")
+                log(f"saved to {session.save(argument.strip())}")
+            elif command.startswith("/"):
+                stderr.print(f"unknown command {command}: {COMMANDS_HELP}", highlight=False)
+            else:
+                on_text = None if json_output else (lambda text: stdout.print(text, end="", highlight=False))
+                if not json_output:
+                    stdout.print("[bold]A:[/bold] ", end="")
+                turn = session.ask(line, on_text=on_text)
+                if json_output:
+                    print(json.dumps(turn.to_dict(), ensure_ascii=False), flush=True)
                 else:
-                    on_text = None if json_output else (lambda text: stdout.print(text, end="", highlight=False))
-                    if not json_output:
-                        stdout.print("[bold]A:[/bold] ", end="")
-                    turn = session.ask(line, on_text=on_text)
-                    if json_output:
-                        print(json.dumps(turn.to_dict(), ensure_ascii=False), flush=True)
-                    else:
-                        stdout.print()
-                        if show_tokens:
-                            stdout.print(chat_turn_table(turn))
-            if save is not None:
-                log(f"saved to {session.save(save)}")
+                    stdout.print()
+                    if show_tokens:
+                        stdout.print(chat_turn_table(turn))
+        if save is not None:
+            log(f"saved to {session.save(save)}")
 
-        run_guarded(debug, work)
+    run_guarded(options.debug, work)
 
 
 def _questions(interactive: bool):

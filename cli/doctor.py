@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from framefusion_cli import options as opt
+from framefusion_cli.console import run_guarded, stdout
 
 if TYPE_CHECKING:
     from framefusion.apps.doctor import DoctorReport
@@ -23,8 +24,6 @@ def register(app: typer.Typer) -> None:
 
 def doctor(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) -> None:
     """Show versions, devices, default settings, cache folders and hub access: what a bug report needs."""
-    from framefusion_cli.app import run_guarded, stdout
-
     def work() -> None:
         from framefusion.apps.doctor import gather_report
 

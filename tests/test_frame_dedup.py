@@ -13,7 +13,7 @@ from framefusion.pipeline.feature_cache import FeatureCache
 from framefusion.methods.frame_dedup import mean_absolute_difference, plan_frame_dedup
 from framefusion.model_zoo import load_model
 from framefusion.pipeline.video_qa import VideoQA
-from framefusion.pipeline.preflight import RunSettings, prepare_video_file
+from framefusion.pipeline.preflight import prepare_video_file, run_settings
 from framefusion.profiles.catalog import get_profile
 from framefusion.video.synthetic import write_video_frames
 from framefusion.video import VideoClip, read_video
@@ -171,7 +171,7 @@ def test_dedup_encodes_fewer_frames_and_gives_the_baselines_answer_word_for_word
 def test_the_dedup_profile_keeps_its_own_feature_cache_entry_and_reports_frames_encoded_on_a_hit(lossless_video,
                                                                                                   tmp_path):
     cache = FeatureCache(tmp_path / "features")
-    settings = RunSettings(model="random:tiny-llava-onevision", frames=8)
+    settings = run_settings(model="random:tiny-llava-onevision", frames=8)
     qa = video_qa("llava-onevision", "dedup")
     first = prepare_video_file(qa, settings, lossless_video, cache)
     again = prepare_video_file(qa, settings, lossless_video, cache)

@@ -1,8 +1,8 @@
 """The settings of a run on videos, checked in one place before any model is loaded, then the model opened.
 
-Every command (ask, chat, caption, bench, calibrate) and the lmms-eval model go through `check_run` so that a bad
-setting or an unreadable video is refused the same way, in seconds, before minutes of loading; errors name the
-setting (the CLI turns it into its flag).
+Every command (ask, chat, caption, bench, calibrate) and the lmms-eval model make their settings with `run_settings`
+and go through `check_run`, so that a bad setting or an unreadable video is refused the same way, in seconds, before
+minutes of loading; errors name the setting (the CLI turns it into its flag).
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ class RunSettings:
     trust_remote_code: bool = False
     hub_kernels: bool = False
     reference_positions: bool = True
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int | None = None
+    system: str | None = None
+    feature_cache: bool = True  # read and write the vision-feature cache
 
     @property
     def frame_count(self) -> int | None:
@@ -54,6 +59,38 @@ class RunSettings:
     def sampling(self) -> dict[str, Any]:
         return {"frames": self.frame_count, "fps": self.fps, "max_frames": self.max_frames, "start": self.start,
                 "end": self.end}
+
+    def generation(self) -> dict[str, Any]:
+        """Keyword arguments of pipeline.video_qa.ask_video (and the chat session)."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
+                "system": self.system}
+
+    def cache(self) -> Any:
+        """The vision-feature cache this run reads and writes (a FeatureCache), or None when it is off."""
+        from framefusion.pipeline.feature_cache import FeatureCache
+
+        return FeatureCache() if self.feature_cache else None
+
+
+def run_settings(model: str, **options: Any) -> RunSettings:
+    """The settings of a run, checked as far as they can be without files or the model (the attention backend, the
+    sampling, the generation numbers, hub kernels): the one place that makes RunSettings."""
+    from framefusion.model_zoo import check_hub_kernels
+    from framefusion.video import check_sampling_arguments
+
+    settings = RunSettings(model=model, **options)
+    if settings.attn_implementation not in ATTENTION_BACKENDS:
+        raise InputError(f"unknown attention backend: use {', '.join(ATTENTION_BACKENDS[:3])}",
+                         setting="attn_implementation", value=settings.attn_implementation)
+    check_sampling_arguments(num_frames=settings.frame_count, fps=settings.fps, max_frames=settings.max_frames,
+                             start=settings.start, end=settings.end, backend=settings.backend)
+    if settings.max_new_tokens < 1:
+        raise InputError("must be at least 1", setting="max_new_tokens", value=settings.max_new_tokens)
+    if not settings.temperature >= 0:
+        raise InputError("must be 0 (greedy) or more", setting="temperature", value=settings.temperature)
+    if settings.hub_kernels:
+        check_hub_kernels()
+    return settings
 
 
 @dataclass(frozen=True)
@@ -72,23 +109,16 @@ class CheckedRun:
 
 def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra_profiles: Sequence[str] = ()
               ) -> CheckedRun:
-    """Check everything that can be checked without the model: the attention backend, the sampling, the profile(s),
-    the model name and its frame multiple when the name tells the family, and each video (opened and probed)."""
-    from framefusion.model_zoo import check_hub_kernels, parse_model_spec
+    """Check, after `run_settings`, everything else that can be checked without the model: the profile(s), the model
+    name and its frame multiple when the name tells the family, and each video (opened and probed)."""
+    from framefusion.model_zoo import parse_model_spec
     from framefusion.pipeline.video_qa import check_frame_count
-    from framefusion.video import check_frame_shape_for_model, check_sampling_arguments, probe_video
+    from framefusion.video import check_frame_shape_for_model, probe_video
 
-    if settings.attn_implementation not in ATTENTION_BACKENDS:
-        raise InputError(f"unknown attention backend: use {', '.join(ATTENTION_BACKENDS[:3])}",
-                         setting="attn_implementation", value=settings.attn_implementation)
-    check_sampling_arguments(num_frames=settings.frame_count, fps=settings.fps, max_frames=settings.max_frames,
-                             start=settings.start, end=settings.end, backend=settings.backend)
     profile = get_profile(settings.profile, settings.profiles_file)
     for name in extra_profiles:
         get_profile(name, settings.profiles_file)
     spec = parse_model_spec(settings.model)
-    if settings.hub_kernels:
-        check_hub_kernels()
     check_frame_count(getattr(spec, "family", None), settings.frame_count)
     infos = []
     for video in videos:

@@ -63,7 +63,7 @@ class FrameFusionLMM(lmms):
                  **unknown: Any) -> None:
         super().__init__()
         from framefusion.families import default_model
-        from framefusion.pipeline.preflight import RunSettings, check_run, open_run
+        from framefusion.pipeline.preflight import check_run, open_run, run_settings
 
         if unknown:
             raise InputError(
@@ -78,7 +78,7 @@ class FrameFusionLMM(lmms):
             _logger().warning(f"framefusion answers one prompt at a time (FrameFusion reduces one prompt per "
                               f"prefill); batch_size={batch_size} is ignored")
         # The same settings, checks and loading as `framefusion ask` (framefusion.pipeline.preflight).
-        self.settings = RunSettings(
+        self.settings = run_settings(
             model=str(default_model() if pretrained is None else pretrained), profile=str(profile),
             profiles_file=Path(profiles_file) if profiles_file else None, revision=revision,
             frames=_whole_number("frames", frames), fps=fps, max_frames=_whole_number("max_frames", max_frames),
