@@ -303,6 +303,7 @@ def _slow_decoder(path: str, settings: CaptionSettings):
     return decode_video(path, settings)
 
 
+@pytest.mark.slow
 def test_timeout_bounds_decoding_and_the_model_and_the_next_video_still_works(video_folder, tmp_path, qa):
     folder = tmp_path / "videos"
     folder.mkdir()

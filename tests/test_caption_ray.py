@@ -143,6 +143,7 @@ def test_a_model_load_failure_in_a_worker_reaches_the_driver_with_its_setting():
 # --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ray_pool_gives_the_local_captions_spread_over_both_workers_and_resumes(ray_instance, folder, tmp_path, cli):
     output = tmp_path / "captions.jsonl"
     first = cli(folder, "--output", output, *RAY, *FAST)
@@ -167,6 +168,7 @@ def test_ray_pool_gives_the_local_captions_spread_over_both_workers_and_resumes(
     assert [record["video"] for record in records if "error" in record] == ["truncated.mp4"] * 2
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_no_record_and_its_video_is_retried_once(ray_instance, folder, tmp_path, cli,
                                                                          monkeypatch):
     videos = tmp_path / "videos"
@@ -187,6 +189,7 @@ def test_a_killed_worker_loses_no_record_and_its_video_is_retried_once(ray_insta
     assert summary["failed"][0]["video"] == "d.mp4" and len(summary["captioned"]) == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_workers_keeps_the_records_and_exits_130(ray_instance, folder, tmp_path, cli,
                                                                  monkeypatch):
     from framefusion_cli.caption import ProgressEvents
@@ -210,6 +213,7 @@ def test_ctrl_c_stops_the_workers_keeps_the_records_and_exits_130(ray_instance, 
     assert ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_a_node_that_cannot_read_a_video_is_named_before_any_model_loads(ray_instance, folder):
     with pytest.raises(InputError) as refused:
         check_videos_visible(ray, folder, ["a.mp4", "only-on-the-driver.mp4"])

@@ -146,6 +146,7 @@ for _ in range(15):
 """
 
 
+@pytest.mark.slow
 def test_two_processes_writing_the_same_entry_never_expose_a_partial_one(tmp_path):
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), value]) for value in ("1", "2")]
     reader = FeatureCache(tmp_path)

@@ -110,7 +110,7 @@ def test_features_of_the_encoded_frames_put_back_equal_encoding_every_frame(fami
     qa = video_qa(family)
     clip = VideoClip.from_frames(still_then_moving(), fps=4.0)
     every = qa.prepare_video(clip)
-    deduplicated = qa.prepare_video(clip, max_difference=0)
+    deduplicated = qa.prepare_video(clip, profile=get_profile("dedup"))
     # Per-frame families encode the still frame once, Qwen-VL its still temporal patch of 2 frames once.
     assert (every.frames_encoded, deduplicated.frames_encoded) == (8, 6 if family.startswith("qwen") else 5)
     assert deduplicated.vision_modality == every.vision_modality
@@ -157,7 +157,7 @@ def test_dedup_encodes_fewer_frames_and_gives_the_baselines_answer_word_for_word
     seen, handle = frames_seen_by_the_vision_tower(qa)
     try:
         baseline = qa.answer(qa.prepare_video(clip), "What happens?", max_new_tokens=12)
-        deduplicated = qa.answer(qa.prepare_video(clip, max_difference=0), "What happens?", max_new_tokens=12)
+        deduplicated = qa.answer(qa.prepare_video(clip, profile=get_profile("dedup")), "What happens?", max_new_tokens=12)
     finally:
         handle.remove()
     assert seen == [8, expected_encoded]  # the vision tower really saw fewer frames

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from framefusion.profiles.catalog import builtin_profiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,7 @@ def run_check(*arguments: str) -> subprocess.CompletedProcess:
                           cwd=ROOT / "scripts", env=environment)
 
 
+@pytest.mark.slow
 def test_the_dry_run_measures_every_builtin_profile_and_passes_its_checks_without_pyav(tmp_path):
     done = run_check("--dry-run", "--frames", "4", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -51,6 +54,7 @@ def test_the_dry_run_measures_every_builtin_profile_and_passes_its_checks_withou
     assert "all checks passed" in done.stdout
 
 
+@pytest.mark.slow
 def test_without_a_gpu_and_without_the_dry_run_it_says_so_and_exits_2(tmp_path):
     done = run_check("--out", str(tmp_path))
     assert done.returncode == 2

@@ -355,6 +355,7 @@ def test_ctrl_c_during_ask_exits_130_without_traceback(monkeypatch):
     assert "Traceback" not in result.output and "interrupted" in result.stderr
 
 
+@pytest.mark.slow
 def test_sigint_to_a_running_ask_exits_130_without_traceback():
     # The real signal, in a real process: the pipeline is made to wait so the signal lands mid-command.
     script = textwrap.dedent(f"""

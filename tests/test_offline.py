@@ -167,6 +167,7 @@ def stderr_lines(process: subprocess.CompletedProcess) -> list[str]:
     return [line for line in process.stderr.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_readme_first_command_without_hub_or_cache_fails_in_one_line(tmp_path):
     process = run_command("ask", str(SAMPLE), "What happens in this video?",
                           hf_home=tmp_path / "empty-hf-home", endpoint=closed_port_url())
@@ -179,6 +180,7 @@ def test_readme_first_command_without_hub_or_cache_fails_in_one_line(tmp_path):
     assert process.stdout == ""
 
 
+@pytest.mark.slow
 def test_hf_hub_offline_set_sends_nothing_to_the_hub(tmp_path, local_hub):
     process = run_command("ask", str(SAMPLE), "What happens?", "--model", "framefusion-tests/not-cached",
                           hf_home=tmp_path / "empty-hf-home", endpoint=local_hub.url, offline=True)

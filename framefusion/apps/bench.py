@@ -13,6 +13,7 @@ its plot.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -282,16 +283,17 @@ def run_bench(qa: VideoQA, clip: VideoClip, profiles: Sequence[Profile], *, repe
     """
     check_bench_arguments([p.name for p in profiles], repeat, warmup, max_new_tokens)
     note = on_progress or (lambda message: None)
-    before_vision = {profile.name: profile.max_difference for profile in profiles}  # frame dedup, None: off
-
-    def encoded(prepared: dict[float | None, PreparedVideo], profile: Profile, stage: str) -> PreparedVideo:
-        setting = before_vision[profile.name]
+    def encoded(prepared: dict[str, PreparedVideo], profile: Profile, stage: str) -> PreparedVideo:
+        # Profiles with the same stages before the vision encoder share one encoding per round.
+        stages = profile.pre_vision_stages()
+        setting = json.dumps(stages, sort_keys=True)
         if setting not in prepared:
-            note(f"{stage}: vision encoder" + ("" if setting is None else f" (frame dedup {setting:g})"))
-            prepared[setting] = qa.prepare_video(clip, decode_seconds, max_difference=setting)
+            described = ", ".join(" ".join(str(value) for value in item.values()) for item in stages)
+            note(f"{stage}: vision encoder" + (f" ({described})" if described else ""))
+            prepared[setting] = qa.prepare_video(clip, decode_seconds, profile=profile)
         return prepared[setting]
 
-    warm: dict[float | None, PreparedVideo] = {}
+    warm: dict[str, PreparedVideo] = {}
     for index in range(warmup):
         for profile in rotated(profiles, index):
             note(f"warm-up {index + 1}/{warmup}: {profile.name}")
@@ -300,7 +302,7 @@ def run_bench(qa: VideoQA, clip: VideoClip, profiles: Sequence[Profile], *, repe
     rounds: dict[str, list[AskResult]] = {profile.name: [] for profile in profiles}
     peaks: dict[str, int] = {profile.name: 0 for profile in profiles}
     for index in range(repeat):
-        this_round: dict[float | None, PreparedVideo] = {}
+        this_round: dict[str, PreparedVideo] = {}
         for profile in rotated(profiles, index):
             prepared = encoded(this_round, profile, f"round {index + 1}/{repeat}")
             note(f"round {index + 1}/{repeat}: {profile.name}")

@@ -11,7 +11,6 @@ Nothing here imports torch or transformers at import time: listing families and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from importlib.abc import Traversable
 from types import MappingProxyType

@@ -165,8 +165,7 @@ def prepare_video_file(qa: Any, settings: RunSettings, video: str | Path, cache:
     if hit is not None:
         return hit
     clip, decode_seconds = read_clip(settings, video)
-    return keep_features(qa, cache, key, qa.prepare_video(clip, decode_seconds,
-                                                          max_difference=qa.profile.max_difference))
+    return keep_features(qa, cache, key, qa.prepare_video(clip, decode_seconds))
 
 
 def feature_key(qa: Any, sampling: dict[str, Any], video: str | Path) -> str:

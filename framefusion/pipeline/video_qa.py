@@ -24,7 +24,7 @@ from framefusion.families import (
 )
 from framefusion.api import apply_framefusion, framefusion_handle, remove_framefusion
 from framefusion.runtime.clock import ForwardClock, Stopwatch
-from framefusion.errors import InputError, Suggestion
+from framefusion.errors import InputError, ProfileError, Suggestion
 from framefusion.model_zoo.memory import reporting_out_of_memory
 from framefusion.profiles.catalog import Profile
 from framefusion.runtime.reduction import FrameFusionStats
@@ -98,13 +98,16 @@ class VideoQA:
 
     # --- video --------------------------------------------------------------------------------------------------
     def prepare_video(self, clip: VideoClip, decode_seconds: float = 0.0, *,
-                      max_difference: float | None = None) -> PreparedVideo:
-        """Preprocess the clip's frames and run the vision encoder once.
+                      profile: Profile | None = None) -> PreparedVideo:
+        """Preprocess the clip's frames and run the vision encoder once, under the stages before the vision encoder
+        of `profile` (default: the one set up). Every application prepares its videos here, so a stage added here
+        reaches them all.
 
-        max_difference: frame dedup (framefusion.methods.frame_dedup): frames within this mean absolute RGB difference of the
-        last encoded frame reuse its features instead of being encoded (0: identical frames only); None: encode every
-        frame. The vision time includes deciding which frames to encode.
+        frame-dedup (framefusion.methods.frame_dedup): frames within `max_difference` mean absolute RGB difference
+        of the last encoded frame reuse its features instead of being encoded (0: identical frames only). The vision
+        time includes deciding which frames to encode.
         """
+        stages = (profile or self.profile).pre_vision_stages()
         # Processors reject or misread frames only a few pixels high or wide: enlarge those first.
         clip = enlarge_small_frames(clip)
         with Stopwatch(self.device) as preprocess:
@@ -112,21 +115,25 @@ class VideoQA:
             video_inputs = {key: value for key, value in video_inputs.items()
                             if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         with Stopwatch(self.device) as vision, torch.inference_mode():
-            modality, features, frames_encoded = self._encode(clip, video_inputs, max_difference)
+            modality, features, frames_encoded = self._encode(clip, video_inputs, stages)
         vision_seconds = vision.seconds if features is not None else 0.0
         return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds,
                              frames_encoded=frames_encoded if features is not None else clip.num_frames)
 
     def _encode(self, clip: VideoClip, video_inputs: dict[str, torch.Tensor],
-                max_difference: float | None) -> tuple[str, Any, int]:
+                stages: list[dict[str, Any]]) -> tuple[str, Any, int]:
         """(modality, features, sampled frames encoded): every frame, or with frame dedup only those that differ."""
         from framefusion.methods.frame_dedup import check_max_difference, plan_frame_dedup
 
-        if max_difference is not None:
-            check_max_difference(max_difference)
-        if max_difference is None or self.adapter is None:  # a model of no known family: its layout is unknown
+        plan = None
+        for stage in stages:
+            if stage["kind"] != "frame-dedup":
+                raise ProfileError(f"no stage {stage['kind']!r} runs before the vision encoder", setting="profile")
+            if self.adapter is not None:  # a model of no known family: its layout is unknown, every frame encoded
+                plan = plan_frame_dedup(clip.frames, check_max_difference(stage["max_difference"]),
+                                        self.adapter.frame_multiple)
+        if plan is None:
             return (*self.video_encoding.encode_video(self.model, video_inputs), clip.num_frames)
-        plan = plan_frame_dedup(clip.frames, max_difference, self.adapter.frame_multiple)
         if plan.encodes_every_unit:
             return (*self.adapter.encode_video(self.model, video_inputs), clip.num_frames)
         modality, features = self.adapter.encode_frames(self.model, video_inputs, plan.encoded, plan.sources)
@@ -276,8 +283,7 @@ def ask_video(qa: VideoQA, clip: VideoClip | PreparedVideo, questions: list[str]
     for question in questions:
         if not question.strip():
             raise InputError("a question is empty: ask something about the video")
-    prepared = clip if isinstance(clip, PreparedVideo) else qa.prepare_video(
-        clip, decode_seconds, max_difference=qa.profile.max_difference)
+    prepared = clip if isinstance(clip, PreparedVideo) else qa.prepare_video(clip, decode_seconds)
     results = []
     for index, question in enumerate(questions):
         stream = (lambda text, index=index: on_text(index, text)) if on_text else None

@@ -327,8 +327,7 @@ def caption_one_video(qa: Any, folder: Path, video: str, settings: CaptionSettin
         if deadline is not None and time.monotonic() > deadline:
             raise ModelTimeout()
         with deadline_for_modules(deadline):
-            prepared = keep_features(qa, cache, key, qa.prepare_video(
-                clip, decode_seconds, max_difference=qa.profile.max_difference))
+            prepared = keep_features(qa, cache, key, qa.prepare_video(clip, decode_seconds))
     except ModelTimeout:
         return error_record(video, settings, _model_timeout_message(timeout), versions, worker)
     except Exception as error:  # noqa: BLE001 - one video's failure must not stop the batch

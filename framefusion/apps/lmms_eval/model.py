@@ -169,8 +169,7 @@ class FrameFusionLMM(lmms):
         if first_question:
             started = time.perf_counter()
             clip = read_video(video, **self.sampling) if isinstance(video, str) else video
-            self._prepared = (video, self.qa.prepare_video(clip, time.perf_counter() - started,
-                                                           max_difference=self.qa.profile.max_difference))
+            self._prepared = (video, self.qa.prepare_video(clip, time.perf_counter() - started))
         prepared = self._prepared[1]
         for _ in range(self.warmup):
             self.qa.answer(prepared, question, max_new_tokens=1, system=self.system)
