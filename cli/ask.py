@@ -11,7 +11,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from framefusion.errors import InputError
-from framefusion_cli.console import log, run_guarded, stdout
+from framefusion_cli.console import announce_loading, run_guarded, stdout
 from framefusion_cli.options import run_settings, shared_options
 from framefusion_cli.render import render_comparison, render_results
 
@@ -46,7 +46,7 @@ def ask(
         checked = check_run(settings, [video], extra_profiles=[compare] if compare else [])
         compared = get_profile(compare, settings.profiles_file) if compare else None
 
-        log(f"loading {settings.model} ...")
+        announce_loading(settings.model)
         loading_started = time.perf_counter()
         qa = open_run(checked)
         load_seconds = time.perf_counter() - loading_started

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from framefusion.families import default_benchmark_shape
-from framefusion_cli.console import log, run_guarded, stdout
+from framefusion_cli.console import announce_loading, log, run_guarded, stdout
 from framefusion_cli.options import run_settings, shared_options
 
 # Random weights at a published shape a built-in family names: measurable anywhere, nothing to download.
@@ -75,7 +75,7 @@ def bench(
             if source is None:
                 source = library.synthetic_bench_video()
                 generated_folder = source.parent
-            log(f"loading {settings.model} ...")
+            announce_loading(settings.model)
             qa = open_run(checked)
             clip, decode_seconds = read_clip(settings, source)
             result = library.run_bench(

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from framefusion.errors import InputError
-from framefusion_cli.console import log, run_guarded, stdout
+from framefusion_cli.console import announce_loading, log, run_guarded, stdout
 from framefusion_cli.options import run_settings, shared_options
 
 SaveProfileOption = Annotated[Optional[str], typer.Option(
@@ -66,7 +66,7 @@ def calibrate(
         if plot is not None:
             check_plot_path(plot)
 
-        log(f"loading {model} ...")
+        announce_loading(model)
         qa = open_run(checked)
         if save_profile is not None and cost < minimum_cost(qa.num_layers):
             raise InputError(f"too small for a model with {qa.num_layers} decoder layers: the saved profile could not "

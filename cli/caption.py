@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from framefusion.errors import InputError
-from framefusion_cli.console import log, run_guarded
+from framefusion_cli.console import announce_loading, run_guarded
 from framefusion_cli.options import run_settings, shared_options
 
 EXIT_SOME_FAILED, EXIT_INTERRUPTED = 1, 130
@@ -112,7 +112,7 @@ def caption(
         try:
             # The first video decodes while the model loads.
             run.prefetch(worker)
-            log(f"loading {model} ...")
+            announce_loading(model)
             qa = open_run(checked)
             with ProgressEvents(stderr) as events:
                 run.run(qa, events=events, worker=worker, cache=settings_of_run.cache())

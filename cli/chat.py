@@ -9,13 +9,16 @@ from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.prompt import Prompt
 
 from framefusion.errors import InputError
-from framefusion_cli.console import log, run_guarded, stderr, stdout
+from framefusion_cli.console import announce_loading, log, run_guarded, stderr, stdout
 from framefusion_cli.options import run_settings, shared_options
 
 COMMANDS_HELP = "/tokens (token counts and timings of the last turn), /reset, /save FILE, /exit"
+# Lines that end the conversation rather than ask the model.
+END_COMMANDS = ("/exit", "/quit", "exit", "quit")
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +47,7 @@ def chat(
 
         settings = run_settings(options)
         checked = check_run(settings, [video])
-        log(f"loading {settings.model} ...")
+        announce_loading(settings.model)
         qa = open_run(checked)
         prepared = prepare_video_file(qa, settings, video, settings.cache())
         session = ChatSession(qa, prepared, **settings.generation())
@@ -53,33 +56,46 @@ def chat(
             stdout.print(f"[dim]Ask about {video.name}. {COMMANDS_HELP}.[/dim]")
         for line in _questions(interactive):
             command, _, argument = line.partition(" ")
-            if command == "/exit":
+            if command.lower() in END_COMMANDS:
                 break
-            if command == "/reset":
-                session.reset()
-                log("conversation reset: the next question starts from the video")
-            elif command == "/tokens":
-                if session.turns and not json_output:
-                    stdout.print(chat_turn_table(session.turns[-1]))
-            elif command == "/save":
-                if not argument.strip():
-                    raise InputError("/save needs a file name, e.g. /save chat.json")
-                log(f"saved to {session.save(argument.strip())}")
-            elif command.startswith("/"):
-                stderr.print(f"unknown command {command}: {COMMANDS_HELP}", highlight=False)
+            if command.startswith("/"):
+                # A mistyped command is a note; the conversation goes on.
+                try:
+                    run_command(session, command, argument.strip())
+                except InputError as error:
+                    said = error.problem if error.setting is None else f"{command} {error.value}: {error.problem}"
+                    stderr.print(f"[yellow]{escape(said)}[/yellow]", highlight=False, soft_wrap=True)
+                continue
+            on_text = None if json_output else (lambda text: stdout.print(text, end="", highlight=False))
+            if not json_output:
+                stdout.print("[bold]A:[/bold] ", end="")
+            turn = session.ask(line, on_text=on_text)
+            if json_output:
+                print(json.dumps(turn.to_dict(), ensure_ascii=False), flush=True)
             else:
-                on_text = None if json_output else (lambda text: stdout.print(text, end="", highlight=False))
-                if not json_output:
-                    stdout.print("[bold]A:[/bold] ", end="")
-                turn = session.ask(line, on_text=on_text)
-                if json_output:
-                    print(json.dumps(turn.to_dict(), ensure_ascii=False), flush=True)
-                else:
-                    stdout.print()
-                    if show_tokens:
-                        stdout.print(chat_turn_table(turn))
+                stdout.print()
+                if show_tokens:
+                    stdout.print(chat_turn_table(turn))
         if save is not None:
             log(f"saved to {session.save(save)}")
+
+    def run_command(session, command: str, argument: str) -> None:
+        from framefusion_cli.render import chat_turn_table
+
+        if command == "/reset":
+            session.reset()
+            log("conversation reset: the next question starts from the video")
+        elif command == "/tokens":
+            if not session.turns:
+                raise InputError("no answer yet: ask a question first")
+            if not json_output:
+                stdout.print(chat_turn_table(session.turns[-1]))
+        elif command == "/save":
+            if not argument:
+                raise InputError("/save needs a file name, e.g. /save chat.json")
+            log(f"saved to {session.save(argument)}")
+        else:
+            raise InputError(f"unknown command {command}: {COMMANDS_HELP}")
 
     run_guarded(options.debug, work)
 

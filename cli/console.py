@@ -52,3 +52,13 @@ def _one_line_warning(message: Warning | str, category: type, *args: Any, **kwar
 def log(message: str) -> None:
     """Progress notes: on stderr, so stdout stays clean for --json."""
     stderr.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+def announce_loading(model: str) -> None:
+    """Say that the model loads. transformers' own weight-loading bar stays off stderr when stderr is not a terminal
+    (a log or a pipe): there it would leave a line per load; hub downloads keep their progress."""
+    log(f"loading {model} ...")
+    if not stderr.is_terminal:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

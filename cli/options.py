@@ -21,7 +21,8 @@ DEFAULT_MODEL = default_model()
 
 # Library errors name settings by their Python parameter names; these are the flags that set them where the flag
 # is not simply --<name with dashes>.
-_FLAGS_BY_SETTING = {"attn_implementation": "--attn", "json_output": "--json", "model_spec": "--model"}
+_FLAGS_BY_SETTING = {"attn_implementation": "--attn", "json_output": "--json", "model_spec": "--model",
+                     "num_frames": "--frames"}
 
 
 def flag_for_setting(setting: str) -> str:

@@ -14,6 +14,25 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ["FRAMEFUSION_CACHE"] = tempfile.mkdtemp(prefix="framefusion-tests-")
 
 
+def _threads_per_worker() -> int | None:
+    """Each pytest-xdist worker's share of the cores (None outside xdist).
+
+    Every worker's torch would otherwise start one thread per core: N workers on N cores run N*N threads that spin
+    against each other, and the tiny models of the tests run several times slower than on one thread.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    return max(1, (os.cpu_count() or 1) // workers) if workers else None
+
+
+if _threads_per_worker() is not None:
+    # setdefault: a thread count set by whoever runs the tests wins. Subprocesses (the CLI, lmms-eval) inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads_per_worker()))
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_child_process_outlives_the_tests():
     """Fail the session if a process started during the tests (a decoder, a Ray worker, a command) still runs."""

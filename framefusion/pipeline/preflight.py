@@ -7,6 +7,7 @@ minutes of loading; errors name the setting (the CLI turns it into its flag).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from framefusion.errors import InputError
 from framefusion.profiles.catalog import Profile, get_profile
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+# The package each flash-attention backend imports (transformers fails on it only after loading the weights).
+FLASH_ATTENTION_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,18 @@ def run_settings(model: str, **options: Any) -> RunSettings:
     """The settings of a run, checked as far as they can be without files or the model (the attention backend, the
     sampling, the generation numbers, hub kernels): the one place that makes RunSettings."""
     from framefusion.model_zoo import check_hub_kernels
+    from framefusion.pipeline.video_qa import resolve_device, resolve_dtype
     from framefusion.video import check_sampling_arguments
 
     settings = RunSettings(model=model, **options)
     if settings.attn_implementation not in ATTENTION_BACKENDS:
         raise InputError(f"unknown attention backend: use {', '.join(ATTENTION_BACKENDS[:3])}",
                          setting="attn_implementation", value=settings.attn_implementation)
+    package = FLASH_ATTENTION_PACKAGES.get(settings.attn_implementation)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise InputError(f"needs the {package} package, which is not installed: install it, or use sdpa",
+                         setting="attn_implementation", value=settings.attn_implementation)
+    resolve_dtype(settings.dtype, resolve_device(settings.device))  # an unknown or absent device, a bad dtype
     check_sampling_arguments(num_frames=settings.frame_count, fps=settings.fps, max_frames=settings.max_frames,
                              start=settings.start, end=settings.end, backend=settings.backend)
     if settings.max_new_tokens < 1:
@@ -114,6 +123,7 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
     from framefusion.model_zoo import parse_model_spec
     from framefusion.pipeline.video_qa import check_frame_count
     from framefusion.video import check_frame_shape_for_model, probe_video
+    from framefusion.video.sampling import resolve_time_span
 
     profile = get_profile(settings.profile, settings.profiles_file)
     for name in extra_profiles:
@@ -124,6 +134,7 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
     for video in videos:
         info = probe_video(video)
         check_frame_shape_for_model(info.width, info.height, str(video))
+        resolve_time_span(settings.start, settings.end, info.duration)  # a start at or past the video's end
         infos.append(info)
     return CheckedRun(settings, profile, tuple(infos))
 

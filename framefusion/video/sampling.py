@@ -64,32 +64,30 @@ def check_sampling_arguments(
     end: float | None,
     backend: str,
 ) -> None:
-    """Raise InputError for arguments that are wrong whatever the video."""
+    """Raise InputError, naming the setting, for arguments that are wrong whatever the video."""
     if num_frames is not None and fps is not None:
-        raise InputError("Pass either num_frames or fps, not both.")
+        raise InputError("sample either a number of frames or at a rate, not both", setting="fps", value=fps)
     if num_frames is not None and (not _is_integer(num_frames) or num_frames < 1):
-        raise InputError(f"num_frames must be a whole number >= 1, got {num_frames!r}.")
+        raise InputError("must be a whole number >= 1", setting="num_frames", value=num_frames)
     if fps is not None and (not _is_real(fps) or not math.isfinite(fps) or fps <= 0):
-        raise InputError(f"fps must be a number > 0, got {fps!r}.")
+        raise InputError("must be a number > 0", setting="fps", value=fps)
     if not _is_integer(max_frames) or max_frames < 1:
-        raise InputError(f"max_frames must be a whole number >= 1, got {max_frames!r}.")
+        raise InputError("must be a whole number >= 1", setting="max_frames", value=max_frames)
     for name, value in (("start", start), ("end", end)):
         if value is not None and (not _is_real(value) or not math.isfinite(value) or value < 0):
-            raise InputError(f"{name} must be a number of seconds >= 0, got {value!r}.")
+            raise InputError("must be a number of seconds >= 0", setting=name, value=value)
     if start is not None and end is not None and end <= start:
-        raise InputError(f"end ({end} s) must be after start ({start} s).")
+        raise InputError(f"must be after the start ({start} s)", setting="end", value=end)
     if backend not in BACKENDS:
-        raise InputError(f"Unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        raise InputError(f"unknown video backend: use one of {', '.join(BACKENDS)}", setting="backend", value=backend)
 
 
 def resolve_time_span(start: float | None, end: float | None, duration: float) -> tuple[float, float]:
     """The span [start, end] to sample, seconds: defaults to the whole video; an end past the video is clipped."""
     span_start = 0.0 if start is None else float(start)
     if span_start >= duration:
-        raise VideoError(
-            f"start={span_start:g} s is at or past the end of the video ({duration:.3f} s long); "
-            f"use a start below {duration:.3f}."
-        )
+        raise VideoError(f"is at or past the end of the video ({duration:.3f} s long): use a start below {duration:.3f}",
+                         setting="start", value=span_start)
     span_end = duration if end is None else min(float(end), duration)
     return span_start, span_end
 
