@@ -1,0 +1,68 @@
+"""The command line as a demanding new user meets it: refused before loading, nothing lost on a typo in chat, stderr
+kept to our own progress and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from framefusion_cli.app import app
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
+TINY = ["--model", "random:tiny-qwen2-vl", "--frames", "4", "--max-new-tokens", "2", "--no-cache"]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--start", "100"], ["--start 100.0", "past the end"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens 0", "at least 1"]),
+    (["--temperature", "-1"], ["--temperature -1.0"]),
+    (["--attn", "flash_attention_2"], ["--attn flash_attention_2", "flash_attn"]),
+    (["--device", "tpu"], ["--device tpu", "unknown device"]),
+    (["--dtype", "float8"], ["--dtype float8", "unknown dtype"]),
+    (["--fps", "2"], ["--fps 2.0", "not both"]),
+    (["--start", "2", "--end", "1"], ["--end 1.0", "after the start"]),
+])
+def test_bad_settings_are_refused_in_one_line_before_the_model_loads(args, words, monkeypatch):
+    import framefusion.model_zoo.loading as loading
+
+    def never_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loading, "_from_pretrained", never_loaded)
+    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_a_mistyped_chat_command_is_a_note_and_the_conversation_goes_on(tmp_path):
+    saved = tmp_path / "chat.json"
+    lines = ["/tokens", "/save", f"/save {tmp_path / 'missing' / 'chat.json'}", "/bogus", "What happens?",
+             f"/save {saved}", "quit", "never asked"]
+    result = runner.invoke(app, ["chat", str(SAMPLE), *TINY, "--json"], input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    turns = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [turn["question"] for turn in turns] == ["What happens?"]  # "quit" ended it; nothing after was asked
+    notes = result.stderr
+    assert "no answer yet" in notes and "/save needs a file name" in notes and "unknown command /bogus" in notes
+    assert "cannot write the conversation" in notes
+    assert [turn["question"] for turn in json.loads(saved.read_text())["turns"]] == ["What happens?"]
+
+
+@pytest.mark.parametrize("word", ["/exit", "/quit", "exit", "quit", "QUIT"])
+def test_every_way_to_leave_chat_ends_it_without_asking_the_model(word):
+    result = runner.invoke(app, ["chat", str(SAMPLE), *TINY, "--json"], input=f"{word}\nWhat happens?\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == ""
+
+
+def test_stderr_holds_only_our_progress_when_it_is_not_a_terminal():
+    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.strip()] == ["loading random:tiny-qwen2-vl ..."]
