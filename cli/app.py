@@ -3,15 +3,50 @@ the library and render; no logic a library user would need."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from framefusion import __version__
 from framefusion_cli import ask, bench, cache, calibrate, caption, chat, doctor, listing
-from framefusion_cli.console import stdout
+from framefusion_cli.console import EXIT_USAGE, print_error, stdout
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage errors (a missing argument, an unknown option, a value of the wrong type) as one line, like every other
+    error, instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Not standalone: click raises usage errors to us, and returns an exit code for an Exit.
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        except Exception as error:
+            if not _is_usage_error(error):
+                raise
+            message = error.format_message().rstrip(".")
+            if message:  # none when the help was shown instead (a group called without its command)
+                context = getattr(error, "ctx", None)
+                where = context.command_path if context is not None else "framefusion"
+                print_error(f"{message} (see `{where} --help`)")
+            sys.exit(error.exit_code or EXIT_USAGE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    # Typer 0.2x vendors click (typer._click), older releases use click itself: recognise click's errors by name.
+    return any(kind.__name__ == "ClickException" for kind in type(error).__mro__)
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="framefusion",
     help="Ask questions about local videos with a video LLM, several times faster with FrameFusion.",
     no_args_is_help=True,

@@ -39,9 +39,13 @@ def run_guarded(debug: bool, work: Callable[[], Any]) -> Any:
         code = EXIT_USAGE if isinstance(error, InputError) else EXIT_FAILED
         if not isinstance(error, FrameFusionError):
             message = f"{type(error).__name__}: {message}" + ("" if debug else " (run with --debug for the traceback)")
-        # escape: a message may hold brackets (pip install 'framefusion[ray]') that are not rich markup.
-        stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        print_error(message)
         raise typer.Exit(code)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr. escape: a message may hold brackets (pip install 'framefusion[ray]') that are not markup."""
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _one_line_warning(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:

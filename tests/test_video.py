@@ -107,8 +107,8 @@ def test_sample_count_rules():
         (dict(fps=float("nan")), "fps"),
         (dict(max_frames=0), "max_frames"),
         (dict(start=-1.0), "start"),
-        (dict(start=2.0, end=1.0), "after start"),
-        (dict(start=1.0, end=1.0), "after start"),
+        (dict(start=2.0, end=1.0), "end=1.0: must be after the start"),
+        (dict(start=1.0, end=1.0), "end=1.0: must be after the start"),
         (dict(backend="opencv"), "backend"),
     ],
 )
