@@ -3,6 +3,7 @@ the library and render; no logic a library user would need."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Annotated, Any, Optional
 
@@ -49,6 +50,8 @@ app = typer.Typer(
     cls=OneLineUsageErrors,
     name="framefusion",
     help="Ask questions about local videos with a video LLM, several times faster with FrameFusion.",
+    epilog="Exit status: 0 success, 1 processing failed, 2 bad input or usage, 130 interrupted. Errors are one line; "
+           "--debug shows the traceback.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -70,6 +73,16 @@ def main_options(
     """Ask questions about local videos with a video LLM, several times faster with FrameFusion."""
 
 
+def _reflowed(doc: Optional[str]) -> Optional[str]:
+    """A docstring as help text: each paragraph one line (the terminal wraps it), paragraphs kept apart."""
+    if doc is None:
+        return None
+    paragraphs = [" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc).split("\n\n")]
+    return "\n\n".join(paragraph for paragraph in paragraphs if paragraph)
+
+
 # The order of `framefusion --help`.
 for command in (ask, listing, caption, bench, calibrate, chat, cache, doctor):
     command.register(app)
+for registered in app.registered_commands:
+    registered.help = registered.help or _reflowed(registered.callback.__doc__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -51,6 +52,8 @@ def register(app: typer.Typer) -> None:
             "--model", "-m", help="Only the entries of this model (the name `ask` reports).")] = None,
         older_than: Annotated[Optional[str], typer.Option(
             "--older-than", help="Only entries unused for longer than this: 45s, 90m, 12h, 30d, 2w.")] = None,
+        yes: Annotated[bool, typer.Option(
+            "--yes", "-y", help="Clear every entry without asking (needed when stdin is not a terminal).")] = False,
         debug: opt.DebugOption = False,
     ) -> None:
         """Remove feature-cache entries: all of them, or those of one model, or those unused for a while."""
@@ -59,7 +62,16 @@ def register(app: typer.Typer) -> None:
             from framefusion.pipeline.feature_cache import FeatureCache
 
             seconds = parse_age(older_than) if older_than is not None else None
-            removed = FeatureCache().clear(model=model, older_than_seconds=seconds)
+            cache = FeatureCache()
+            if model is None and seconds is None and not yes:
+                entries = cache.info().entries
+                if entries and not (sys.stdin.isatty() and typer.confirm(f"remove all {entries} entries?")):
+                    raise InputError("clearing every entry needs --yes, or a --model or --older-than filter")
+            removed = cache.clear(model=model, older_than_seconds=seconds)
+            if model is not None and removed == 0 and model not in cache.models():
+                held = ", ".join(cache.models()) or "none"
+                raise InputError(f"no entry of this model in the cache (models there: {held})", setting="model",
+                                 value=model)
             stdout.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}", highlight=False)
 
         run_guarded(debug, work)

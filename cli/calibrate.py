@@ -90,6 +90,7 @@ def calibrate(
         stdout.print(similarity_table(result))
         if len(result.videos) > 1:
             stdout.print(video_table(result))
+        stdout.print(frame_change_table(result))
         stdout.print(Text.assemble(
             ("proposed S_th ", "bold"), (f"{result.similarity_lower_bound:.4f}", "bold cyan"),
             (f"  = the mean over the videos of the median at layer 0 (family default {result.family_default:g})",
@@ -138,6 +139,27 @@ def video_table(result: Any) -> Table:
         table.add_column(column, justify=justify)
     for video in result.videos:
         table.add_row(video.video, str(video.frames), f"{video.video_tokens:,}", f"{video.layers[0].median:.4f}")
+    return table
+
+
+def frame_change_table(result: Any) -> Table:
+    """Per video: noise-aware frame dedup's noise floor, threshold and each frame's change score (for its
+    sensitivity setting)."""
+    table = Table(title="Frame changes · noise-aware frame dedup at sensitivity 1", title_justify="left",
+                  show_edge=False)
+    for column, justify in (("video", "left"), ("noise floor", "right"), ("threshold", "right"),
+                            ("encoded", "right"), ("change per frame (* encoded)", "left")):
+        table.add_column(column, justify=justify)
+    for video in result.videos:
+        plan = video.frame_changes
+        if plan is None:
+            continue
+        encoded = set(plan.encoded)
+        scores = " ".join(f"{score:.1f}{'*' if unit in encoded else ''}" for unit, score in enumerate(plan.change_scores))
+        table.add_row(video.video, f"{plan.noise_floor:.2f}", f"{plan.threshold:.2f}",
+                      f"{plan.frames_encoded}/{plan.num_frames}", scores)
+    table.caption = ("change: the mean RGB difference of the most-changed region against the last encoded frame; a "
+                     "frame is encoded above the threshold, which a frame-dedup sensitivity s divides by s")
     return table
 
 

@@ -43,7 +43,7 @@ def caption(
         help="Seconds allowed for one video (decoding and the model); a slower one gets an error record.")] = None,
     engine: Annotated[str, typer.Option(
         help="local: this process; ray: a pool of Ray workers, each with the model loaded (pip install "
-             "'framefusion[ray]').")] = "local",
+             "'framefusion\\[ray]').")] = "local",
     workers: Annotated[Optional[int], typer.Option(
         help="Ray workers (default: one per GPU with GPUs, else one per node).", show_default=False)] = None,
     address: Annotated[Optional[str], typer.Option(

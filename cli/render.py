@@ -15,6 +15,8 @@ from framefusion.pipeline.results import TIMING_FIELDS, AskResult
 _BARS = " ▁▂▃▄▅▆▇█"
 # Headings for the timing fields whose Python names a reader should not see as they are.
 _TIMING_HEADINGS = {"decode_video": "decode", "prefill": "LLM prefill", "generate": "generation", "load": "load*"}
+# Why frame dedup did not encode the other frames, by its test (TokenReport.frame_dedup).
+_REUSED_BECAUSE = {"exact": "repeat the last encoded frame", "noise-aware": "within noise of the last encoded frame"}
 
 
 def token_table(result: AskResult) -> Table:
@@ -26,7 +28,9 @@ def token_table(result: AskResult) -> Table:
     table.add_column("after", justify="right")
     table.add_row("frames sampled", "", "", f"{tokens.frames}")
     encoded = tokens.frames if tokens.frames_encoded is None else tokens.frames_encoded
-    table.add_row("frames encoded", "", f"{tokens.frames}", f"{encoded}")
+    reason = _REUSED_BECAUSE.get(tokens.frame_dedup) if encoded < tokens.frames else None
+    table.add_row(f"frames encoded ({tokens.frames - encoded} {reason})" if reason else "frames encoded", "",
+                  f"{tokens.frames}", f"{encoded}")
     table.add_row("visual tokens", "", "", f"{tokens.visual:,}")
     table.add_row("prompt tokens", "", "", f"{tokens.prompt:,}")
     # Stages before the LLM (layer None) come first in the runtime's record, then each merge/prune at its layer.

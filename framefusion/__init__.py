@@ -6,21 +6,36 @@
     handle.stats.tokens_per_layer
 """
 
-from framefusion.api import FrameFusionHandle, apply_framefusion, framefusion_handle, remove_framefusion
-from framefusion.families import has_reference_positions, remove_reference_positions, restore_reference_positions
-from framefusion.runtime.reduction import FrameFusionStats, ReductionStep
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FrameFusionHandle",
-    "FrameFusionStats",
-    "ReductionStep",
-    "__version__",
-    "apply_framefusion",
-    "framefusion_handle",
-    "has_reference_positions",
-    "remove_framefusion",
-    "remove_reference_positions",
-    "restore_reference_positions",
-]
+# The API, imported on first use: `import framefusion` (and the command line's --version) stays free of torch.
+_EXPORTS = {
+    "FrameFusionHandle": "framefusion.api",
+    "apply_framefusion": "framefusion.api",
+    "framefusion_handle": "framefusion.api",
+    "remove_framefusion": "framefusion.api",
+    "has_reference_positions": "framefusion.families",
+    "remove_reference_positions": "framefusion.families",
+    "restore_reference_positions": "framefusion.families",
+    "FrameFusionStats": "framefusion.runtime.reduction",
+    "ReductionStep": "framefusion.runtime.reduction",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'framefusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once found, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

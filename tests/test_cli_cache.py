@@ -77,7 +77,12 @@ def test_cache_info_and_clear(tmp_path):
     assert runner.invoke(app, ["cache", "clear", "--older-than", "1h"]).stdout.strip() == "removed 0 entries"
     bad = runner.invoke(app, ["cache", "clear", "--older-than", "soon"])
     assert bad.exit_code == 2 and "--older-than soon" in bad.stderr
-    assert "removed 1 entry" in runner.invoke(app, ["cache", "clear"]).stdout
+    unasked = runner.invoke(app, ["cache", "clear"])  # stdin is not a terminal: nothing to answer a question with
+    assert unasked.exit_code == 2 and "--yes" in unasked.stderr
+    nobody = runner.invoke(app, ["cache", "clear", "--model", "nope"])
+    assert nobody.exit_code == 2 and "--model nope" in nobody.stderr and "random:tiny-llava-onevision" in nobody.stderr
+    assert json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)["entries"] == 1  # nothing removed
+    assert "removed 1 entry" in runner.invoke(app, ["cache", "clear", "--yes"]).stdout
     assert json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)["entries"] == 0
 
 

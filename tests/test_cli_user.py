@@ -66,3 +66,47 @@ def test_stderr_holds_only_our_progress_when_it_is_not_a_terminal():
     result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--json"])
     assert result.exit_code == 0, result.output
     assert [line for line in result.stderr.splitlines() if line.strip()] == ["loading random:tiny-qwen2-vl ..."]
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["Missing argument 'video'", "`framefusion ask --help`"]),
+    ([str(SAMPLE)], ["Missing argument 'questions'"]),
+    ([str(SAMPLE), "hi", "--bogus"], ["No such option: --bogus"]),
+    ([str(SAMPLE), "hi", "--frames", "x"], ["Invalid value for '--frames'"]),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, words):
+    result = runner.invoke(app, ["ask", *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("model, suggestion", [("qwen2-vl2b", "qwen2-vl-2b"), ("random:tiny-qwen2vl",
+                                                                               "random:tiny-qwen2-vl")])
+def test_a_mistyped_model_name_gets_a_did_you_mean(model, suggestion):
+    result = runner.invoke(app, ["ask", str(SAMPLE), "hi", "--model", model])
+    assert result.exit_code == 2 and f"did you mean {suggestion!r}" in result.stderr
+
+
+def test_help_reads_at_80_columns_and_names_the_extras_and_the_exit_codes():
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    assert "Exit status: 0 success, 1 processing failed, 2 bad input or usage, 130" in " ".join(top.split())
+    # A docstring's own line breaks are not kept: on a wide terminal calibrate's help is one line.
+    wide = runner.invoke(app, ["--help"], env={"COLUMNS": "300"}).stdout
+    [calibrate] = [line for line in wide.splitlines() if "calibrate " in line]
+    assert "layer by layer, and propose FrameFusion's similarity threshold" in calibrate
+    caption = runner.invoke(app, ["caption", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "'framefusion[ray]'" in caption
+
+
+def test_version_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom framefusion_cli.app import app\n"
+            "result = CliRunner().invoke(app, ['--version'])\n"
+            "print(result.stdout.strip(), 'torch' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "framefusion 0.1.0 False"

@@ -13,6 +13,11 @@ measured on samples of a benchmark. This module measures the same thing on the v
 
 Every per-layer figure is, like the proposal, a mean over videos of that video's own statistic, so that a long video
 does not outweigh a short one. `similarity_lower_bound == layers[0].median` always holds.
+
+Each video also gets the noise-aware frame dedup's view of its frames at the default sensitivity
+(`methods.frame_dedup.plan_frame_dedup`): the noise floor, the threshold and every frame's change score against the
+last encoded frame, so that a user can choose a frame-dedup `sensitivity` (a frame is encoded when its score exceeds
+the threshold; the threshold divides by the sensitivity).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from framefusion.methods import framefusion as core
+from framefusion.methods.frame_dedup import FramePlan, plan_frame_dedup
 from framefusion.runtime import transformers_compat as compat
 from framefusion.families import VideoInputs, supported_families
 from framefusion.errors import FrameFusionError, InputError, Suggestion
@@ -74,10 +80,13 @@ class VideoSimilarity:
     video_tokens: int
     compared_tokens: int  # video tokens with a predecessor: all but the first frame's
     layers: tuple[SimilarityStats, ...]
+    # Noise-aware frame dedup on the sampled frames, at the default sensitivity: per-frame change scores for tuning.
+    frame_changes: FramePlan | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"video": self.video, "frames": self.frames, "video_tokens": self.video_tokens,
-                "compared_tokens": self.compared_tokens, "per_layer_medians": [s.median for s in self.layers]}
+                "compared_tokens": self.compared_tokens, "per_layer_medians": [s.median for s in self.layers],
+                "frame_dedup": self.frame_changes.to_dict() if self.frame_changes is not None else None}
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,9 @@ def measure_video(qa: Any, clip: VideoClip) -> VideoSimilarity:
     video_tokens = int((capture.patch_types >= 0).sum())
     return VideoSimilarity(video=str(clip.path), frames=clip.num_frames, video_tokens=video_tokens,
                            compared_tokens=compared,
-                           layers=tuple(SimilarityStats.of(values) for values in capture.per_layer))
+                           layers=tuple(SimilarityStats.of(values) for values in capture.per_layer),
+                           frame_changes=plan_frame_dedup(clip.frames, unit_frames=qa.adapter.frame_multiple,
+                                                          mode="noise-aware"))
 
 
 def calibrate(qa: Any, videos: Sequence[str | Path], *, frames: int | None = None, fps: float | None = None,

@@ -12,6 +12,7 @@ Parsing is cheap: no torch or transformers import, no network.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 from dataclasses import dataclass
@@ -136,7 +137,14 @@ def parse_model_spec(text: str) -> ModelSpec:
         raise InputError(f"model directory {text!r} does not exist: check the path, or pass a hub id or alias")
     if HUB_ID_PATTERN.match(stripped):
         return ModelSpec(SpecKind.HUB, stripped, text)
-    raise InputError(f"unknown model {text!r}: {_valid_forms()}")
+    raise InputError(f"unknown model {text!r}{_did_you_mean(stripped, [*all_aliases(), *_random_names()])}: "
+                     f"{_valid_forms()}")
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _parse_random(name: str, text: str) -> ModelSpec:
@@ -150,7 +158,9 @@ def _parse_random(name: str, text: str) -> ModelSpec:
     aliases = all_aliases()
     if aliases.get(name) in shape_by_source:
         return ModelSpec(SpecKind.SHAPE, shape_by_source[aliases[name]], text)
-    raise InputError(f"unknown random model {text!r}: use one of {', '.join(_random_names())}")
+    names = _random_names()
+    raise InputError(f"unknown random model {text!r}{_did_you_mean(RANDOM_PREFIX + name, names)}: use one of "
+                     f"{', '.join(names)}")
 
 
 def _is_model_directory(path: Path) -> bool:

@@ -181,6 +181,10 @@ class FeatureCache:
             removed += 1
         return removed
 
+    def models(self) -> list[str]:
+        """The models whose features the cache holds, sorted."""
+        return sorted({model for path, _size, _used in self._entries() if (model := self._model_of(path))})
+
     def _entries(self) -> Iterator[tuple[Path, int, float]]:
         if not self.folder.is_dir():
             return

@@ -198,7 +198,8 @@ def cached_video(qa: Any, cache: Any, key: str | None, video: str | Path) -> Any
     clip = _blank_clip(entry.clip, str(video))
     video_inputs = dict.fromkeys(entry.details.get("video_input_keys", ()))
     return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit",
-                         frames_encoded=entry.details.get("frames_encoded"))
+                         frames_encoded=entry.details.get("frames_encoded"),
+                         frame_dedup=entry.details.get("frame_dedup"))
 
 
 def keep_features(qa: Any, cache: Any, key: str | None, prepared: Any) -> Any:
@@ -209,7 +210,7 @@ def keep_features(qa: Any, cache: Any, key: str | None, prepared: Any) -> Any:
         return prepared  # no cache, or the model encodes inside generate(): nothing to keep
     stored = CachedVideo(prepared.vision_modality, prepared.vision_features, _clip_description(prepared.clip),
                          {"model": qa.model_name, "video_input_keys": sorted(prepared.video_inputs),
-                          "frames_encoded": prepared.frames_encoded})
+                          "frames_encoded": prepared.frames_encoded, "frame_dedup": prepared.frame_dedup})
     cache.store(key, stored)  # a failed write warns once; the run goes on
     prepared.cache = "miss"
     return prepared

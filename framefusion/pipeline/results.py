@@ -6,11 +6,12 @@ Plain data: the pipeline (framefusion/pipeline/video_qa.py) fills them, the CLI 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from framefusion.video import VideoClip
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -73,11 +74,15 @@ class TokenReport:
     framefusion_seconds: float = 0.0
     # Sampled frames the vision encoder saw (fewer than `frames` when frame dedup reused features); None: all.
     frames_encoded: int | None = None
+    # The frame-dedup test that chose them, the reason the others were not encoded: "exact" (the same pixels as the
+    # last encoded frame) or "noise-aware" (no region changed beyond the video's noise); None: no frame dedup.
+    frame_dedup: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
             "frames_encoded": self.frames if self.frames_encoded is None else self.frames_encoded,
+            "frame_dedup": self.frame_dedup,
             "visual": self.visual,
             "prompt": self.prompt,
             "final": self.final,
@@ -143,3 +148,5 @@ class PreparedVideo:
     cache: str = "off"
     # Sampled frames the vision encoder saw: all of them, or fewer when frame dedup reused features (None: all).
     frames_encoded: int | None = None
+    # The frame-dedup test that chose the frames encoded ("exact", "noise-aware"); None: no frame dedup.
+    frame_dedup: str | None = None

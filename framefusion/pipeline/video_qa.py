@@ -103,9 +103,10 @@ class VideoQA:
         of `profile` (default: the one set up). Every application prepares its videos here, so a stage added here
         reaches them all.
 
-        frame-dedup (framefusion.methods.frame_dedup): frames within `max_difference` mean absolute RGB difference
-        of the last encoded frame reuse its features instead of being encoded (0: identical frames only). The vision
-        time includes deciding which frames to encode.
+        frame-dedup (framefusion.methods.frame_dedup): frames that repeat the last encoded frame reuse its features
+        instead of being encoded; in exact mode frames within `max_difference` mean absolute RGB difference (0:
+        identical frames only), in noise-aware mode also frames where no region changed beyond the video's noise.
+        The vision time includes deciding which frames to encode.
         """
         stages = (profile or self.profile).pre_vision_stages()
         # Processors reject or misread frames only a few pixels high or wide: enlarge those first.
@@ -115,29 +116,32 @@ class VideoQA:
             video_inputs = {key: value for key, value in video_inputs.items()
                             if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         with Stopwatch(self.device) as vision, torch.inference_mode():
-            modality, features, frames_encoded = self._encode(clip, video_inputs, stages)
+            modality, features, plan = self._encode(clip, video_inputs, stages)
         vision_seconds = vision.seconds if features is not None else 0.0
+        encoded_here = features is not None and plan is not None
         return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds,
-                             frames_encoded=frames_encoded if features is not None else clip.num_frames)
+                             frames_encoded=plan.frames_encoded if encoded_here else clip.num_frames,
+                             frame_dedup=plan.mode if encoded_here else None)
 
     def _encode(self, clip: VideoClip, video_inputs: dict[str, torch.Tensor],
-                stages: list[dict[str, Any]]) -> tuple[str, Any, int]:
-        """(modality, features, sampled frames encoded): every frame, or with frame dedup only those that differ."""
-        from framefusion.methods.frame_dedup import check_max_difference, plan_frame_dedup
+                stages: list[dict[str, Any]]) -> tuple[str, Any, Any]:
+        """(modality, features, the frame-dedup plan or None): every frame encoded, or with frame dedup only those that
+        differ."""
+        from framefusion.methods.frame_dedup import plan_frame_dedup
 
         plan = None
         for stage in stages:
             if stage["kind"] != "frame-dedup":
                 raise ProfileError(f"no stage {stage['kind']!r} runs before the vision encoder", setting="profile")
             if self.adapter is not None:  # a model of no known family: its layout is unknown, every frame encoded
-                plan = plan_frame_dedup(clip.frames, check_max_difference(stage["max_difference"]),
-                                        self.adapter.frame_multiple)
+                settings = {key: value for key, value in stage.items() if key != "kind"}
+                plan = plan_frame_dedup(clip.frames, unit_frames=self.adapter.frame_multiple, **settings)
         if plan is None:
-            return (*self.video_encoding.encode_video(self.model, video_inputs), clip.num_frames)
+            return (*self.video_encoding.encode_video(self.model, video_inputs), None)
         if plan.encodes_every_unit:
-            return (*self.adapter.encode_video(self.model, video_inputs), clip.num_frames)
+            return (*self.adapter.encode_video(self.model, video_inputs), plan)
         modality, features = self.adapter.encode_frames(self.model, video_inputs, plan.encoded, plan.sources)
-        return modality, features, plan.frames_encoded
+        return modality, features, plan
 
     def _processor_inputs(self, clip: VideoClip, question: str, system: str | None) -> dict[str, torch.Tensor]:
         messages = []
@@ -213,6 +217,7 @@ class VideoQA:
         timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all.seconds
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
         tokens.frames_encoded = prepared.frames_encoded
+        tokens.frame_dedup = prepared.frame_dedup
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),

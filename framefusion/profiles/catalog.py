@@ -47,6 +47,10 @@ class Profile:
     # Stages outside the LLM (None: not in this profile): frame-dedup's max RGB difference, EVS's pruning rate.
     max_difference: float | None = None
     evs_pruning_rate: float | None = None
+    # frame-dedup's test, "exact" or "noise-aware" (framefusion.methods.frame_dedup), and the noise-aware test's
+    # sensitivity (None in exact mode).
+    dedup_mode: str | None = None
+    dedup_sensitivity: float | None = None
 
     def reduction_kwargs(self) -> dict | None:
         """Keyword arguments for `apply_framefusion(model, **kwargs)` (the stages before and inside the LLM); None
@@ -64,13 +68,23 @@ class Profile:
         """The profile as its ordered stages, each a mapping as a profiles file spells it."""
         stages = []
         if self.max_difference is not None:
-            stages.append({"kind": "frame-dedup", "max_difference": self.max_difference})
+            stages.append(self._frame_dedup_stage())
         if self.evs_pruning_rate is not None:
             stages.append({"kind": "evs", "pruning_rate": self.evs_pruning_rate})
         if self.method != "none":
             stages.append({"kind": "framefusion", "method": self.method,
                            **{key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}})
         return stages
+
+    def _frame_dedup_stage(self) -> dict:
+        # Exact mode is spelt as before modes existed (the feature cache keys by it); noise-aware names its settings,
+        # max_difference only when it adds to the noise test.
+        if self.dedup_mode in (None, "exact"):
+            return {"kind": "frame-dedup", "max_difference": self.max_difference}
+        stage = {"kind": "frame-dedup", "mode": self.dedup_mode, "sensitivity": self.dedup_sensitivity}
+        if self.max_difference:
+            stage["max_difference"] = self.max_difference
+        return stage
 
     def pre_vision_stages(self) -> list[dict]:
         """The stages before the vision encoder (they change the features: part of the feature cache's key)."""

@@ -9,6 +9,10 @@ The scene is built so that both kinds of FrameFusion step have work to do:
 
 `render_synthetic_frames` returns the frames (pure numpy, no file); `write_synthetic_video` encodes them;
 `write_video_frames` is the general encoder the test helpers use (any codec, variable timestamps, rotation).
+
+`render_camera_frames` is footage of another kind: a fixed camera filming a room, with sensor noise in every frame,
+still for a while, then a small object crossing (or a pan, or a cut); `write_camera_video` stores it the way a camera
+does (lossy H.264), so that no two decoded frames are identical.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ _WALL_RGB = np.array([200, 170, 120], dtype=np.uint8)
 _ROOF_RGB = np.array([150, 50, 40], dtype=np.uint8)
 _BALL_RGB = np.array([220, 30, 30], dtype=np.uint8)
 _STRIPE_RGB = np.array([250, 250, 250], dtype=np.uint8)
+# The camera scene (render_camera_frames).
+_WALL_COLOUR = np.array([170, 160, 140], dtype=np.float32)
+_FLOOR_COLOUR = np.array([110, 85, 60], dtype=np.float32)
+_OBJECT_RGB = np.array([30, 60, 200], dtype=np.float32)
+# (left, top, right, bottom) as shares of the frame, and a colour: window, door, table, picture.
+_FURNITURE = [(0.08, 0.12, 0.32, 0.45, (215, 225, 235)), (0.72, 0.15, 0.9, 0.7, (95, 65, 45)),
+              (0.35, 0.55, 0.62, 0.78, (140, 100, 70)), (0.45, 0.18, 0.58, 0.36, (60, 110, 90))]
 
 
 def render_background(width: int, height: int) -> np.ndarray:
@@ -94,6 +105,72 @@ def render_still_then_moving_frames(
     return frames
 
 
+def render_camera_frames(
+    *, seconds: float = 4.0, fps: float = 4, width: int = 160, height: int = 120, noise: float = 2.0,
+    still_fraction: float = 0.5, object_area: float = 0.005, pan: float = 0.0, cut_fraction: float | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Frames of a fixed camera filming a room: textured walls and floor, sharp-edged furniture, sensor noise.
+
+    noise: the standard deviation of the Gaussian sensor noise added to every pixel of every frame (0-255 scale).
+    still_fraction: the share of the frames, from the start, in which nothing moves. object_area: the share of the
+    frame a small square object covers; after the still part it crosses the room from left to right (0: no object).
+    pan: the share of the width the view moves right by per frame, from the first frame. cut_fraction: from this
+    share of the frames on, the camera shows another room (a cut). Returns uint8 (T, height, width, 3) RGB with
+    T = max(1, round(seconds * fps)); the same arguments always give the same frames."""
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be at least 1 pixel, got {width}x{height}")
+    num_frames = max(1, round(seconds * fps))
+    rng = np.random.default_rng(seed)
+    shift = [round(pan * width * index) for index in range(num_frames)]
+    room = render_room(width + shift[-1], height, seed=seed)
+    other_room = render_room(width, height, seed=seed + 1) if cut_fraction is not None else None
+    side = max(1, round((object_area * width * height) ** 0.5)) if object_area > 0 else 0
+    still = round(still_fraction * num_frames)
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for index in range(num_frames):
+        if other_room is not None and index >= round(cut_fraction * num_frames):
+            picture = other_room.copy()
+        else:
+            picture = room[:, shift[index] : shift[index] + width].copy()
+        if side and index >= still:
+            progress = (index - still + 0.5) / max(1, num_frames - still)
+            left = round(progress * (width - side))
+            top = round(0.55 * (height - side))
+            picture[top : top + side, left : left + side] = _OBJECT_RGB
+        picture += rng.normal(0.0, noise, picture.shape).astype(np.float32) if noise > 0 else 0.0
+        frames[index] = np.clip(np.round(picture), 0, 255).astype(np.uint8)
+    return frames
+
+
+def render_room(width: int, height: int, *, seed: int = 0) -> np.ndarray:
+    """A still room: walls and floor with a soft texture, a window, a door, a table and a picture. float32
+    (height, width, 3) RGB on 0-255."""
+    rng = np.random.default_rng(seed)
+    texture = sum(amplitude * (_value_noise(rng, width, height, cell) - 0.5)
+                  for cell, amplitude in ((max(2, width // 6), 40.0), (max(2, width // 24), 20.0), (3, 8.0)))
+    picture = np.empty((height, width, 3), dtype=np.float32)
+    floor = round(0.7 * height)
+    picture[:floor] = _WALL_COLOUR
+    picture[floor:] = _FLOOR_COLOUR
+    picture += texture[..., None]
+    for left, top, right, bottom, colour in _FURNITURE:
+        picture[round(top * height) : round(bottom * height), round(left * width) : round(right * width)] = (
+            np.asarray(colour) + 0.5 * texture[round(top * height) : round(bottom * height),
+                                               round(left * width) : round(right * width), None])
+    return picture
+
+
+def write_camera_video(path: str | Path, *, fps: float = 4, crf: int = 23, codec: str = "libx264",
+                       pixel_format: str | None = None, **scene: float) -> Path:
+    """Encode `render_camera_frames(fps=fps, **scene)` lossily (H.264 at `crf` by default), as a camera would."""
+    frames = render_camera_frames(fps=fps, **scene)
+    options = {"crf": str(crf)}
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 otherwise prints its settings on stderr
+    return write_video_frames(path, frames, fps=fps, codec=codec, codec_options=options, pixel_format=pixel_format)
+
+
 def write_synthetic_video(
     path: str | Path,
     *,
@@ -120,14 +197,15 @@ def write_video_frames(
     container_format: str | None = None,
     codec_options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    pixel_format: str | None = None,
 ) -> Path:
     """Encode RGB frames to a video file with PyAV.
 
     frames: uint8 (T, H, W, 3) RGB. timestamps: presentation time in seconds of each frame (variable frame
     rate); default i / fps. rotation: display-matrix rotation in degrees counterclockwise (what a player
     applies); the stored frames are the given ones. container_format: force a muxer ("webm", "matroska"...),
-    default from the extension. Odd sizes are encoded as 4:4:4 since 4:2:0 needs even width and height.
-    Returns the path.
+    default from the extension. pixel_format: what the file stores (e.g. "yuv420p10le" for 10 bits); default 4:2:0,
+    or 4:4:4 for odd sizes, since 4:2:0 needs even width and height. Returns the path.
     """
     path = Path(path)
     frames = np.asarray(frames, dtype=np.uint8)
@@ -139,13 +217,15 @@ def write_video_frames(
     with av.open(str(path), mode="w", format=container_format, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=_as_fraction(fps), options=codec_options or {})
         stream.width, stream.height = width, height
-        stream.pix_fmt = _pixel_format_for(codec, width, height)
+        stream.pix_fmt = pixel_format or _pixel_format_for(codec, width, height)
         if rotation:
             stream.set_display_rotation(rotation)
         if timestamps is not None:
             stream.codec_context.time_base = MILLISECOND
         for index, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if pixel_format:
+                frame = frame.reformat(format=pixel_format)
             if timestamps is None:
                 frame.pts = index
             else:
@@ -164,6 +244,17 @@ def _pixel_format_for(codec: str, width: int, height: int) -> str:
 
 def _as_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
+
+
+def _value_noise(rng: np.random.Generator, width: int, height: int, cell: int) -> np.ndarray:
+    """Smooth noise on 0-1: random values on a grid of `cell` pixels, interpolated bilinearly. float32 (height, width)."""
+    grid = rng.random((height // cell + 2, width // cell + 2)).astype(np.float32)
+    rows, cols = np.arange(height) / cell, np.arange(width) / cell
+    top, left = rows.astype(int), cols.astype(int)
+    down, right = (rows - top)[:, None].astype(np.float32), (cols - left)[None, :].astype(np.float32)
+    upper = grid[top][:, left] * (1 - right) + grid[top][:, left + 1] * right
+    lower = grid[top + 1][:, left] * (1 - right) + grid[top + 1][:, left + 1] * right
+    return upper * (1 - down) + lower * down
 
 
 def _horizon_row(height: int) -> int:
