@@ -54,6 +54,9 @@ def caption(
     cpus_per_worker: Annotated[Optional[float], typer.Option(
         help="CPUs per Ray worker, also its torch threads (default: this machine's CPUs split between the "
              "workers; 1 on a cluster).", show_default=False)] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Try again the videos whose error an earlier run recorded (else they are skipped).")
+    ] = False,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the summary as JSON on stdout (progress and logs go to stderr).")] = False,
     *,
@@ -97,7 +100,8 @@ def caption(
             frames=frame_count if options.fps is None else None, fps=options.fps, max_frames=options.max_frames,
             max_new_tokens=max_new_tokens, backend=options.backend, timeout=timeout,
         )
-        run = CaptionRun(folder, settings, destination, format=output_format, recursive=recursive)
+        run = CaptionRun(folder, settings, destination, format=output_format, recursive=recursive,
+                         retry_failed=retry_failed)
         if run.summary.repaired_bytes:
             stderr.print(f"[yellow]{destination}: removed a record torn by an earlier interruption "
                          f"({run.summary.repaired_bytes} bytes)[/yellow]", highlight=False)
@@ -152,7 +156,7 @@ def caption(
             print(json.dumps(summary.to_dict(), ensure_ascii=False))
         else:
             render_summary(stderr if summary.interrupted else stdout, summary)
-        if summary.failed and not summary.interrupted:
+        if (summary.failed or summary.already_failed) and not summary.interrupted:
             raise typer.Exit(EXIT_SOME_FAILED)
 
     run_guarded(options.debug, work)
@@ -214,3 +218,6 @@ def render_summary(console: Console, summary: Any) -> None:
     )
     for video, error in summary.failed:
         console.print(f"  [red]failed[/red] {escape(video)}: {escape(error)}", highlight=False, soft_wrap=True)
+    if summary.already_failed:
+        console.print(f"  {len(summary.already_failed)} failed in an earlier run and were not tried again "
+                      "(--retry-failed tries them)", highlight=False, soft_wrap=True)

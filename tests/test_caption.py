@@ -217,11 +217,17 @@ def test_folder_records_exit_status_resume_and_changed_settings(video_folder, tm
     for name in BROKEN:
         assert name in summary
 
-    # The same command again: nothing is captioned twice, the failed ones are tried again.
+    # The same command again: nothing is captioned twice, the failed ones are not tried again (exit 1 still: the
+    # batch is not complete), unless asked.
     again = cli(video_folder, "--output", output, "--recursive", *FAST)
-    assert again.exit_code == 1 and "captioned 0, failed 3, skipped 5 already captioned" in again.output
+    assert again.exit_code == 1 and "captioned 0, failed 0, skipped 5 already captioned" in again.output
+    assert "3 failed in an earlier run" in again.output and "--retry-failed" in again.output
     records = read_jsonl(output)
     assert max(captions_by_video(records).values()) == 1
+    assert Counter(record["video"] for record in records if "error" in record) == {name: 1 for name in BROKEN}
+    retried = cli(video_folder, "--output", output, "--recursive", *FAST, "--retry-failed")
+    assert retried.exit_code == 1 and "captioned 0, failed 3, skipped 5 already captioned" in retried.output
+    records = read_jsonl(output)
     assert Counter(record["video"] for record in records if "error" in record) == {name: 2 for name in BROKEN}
 
     # A changed setting captions every video again, once.

@@ -110,3 +110,34 @@ def test_version_answers_without_importing_torch():
             "print(result.stdout.strip(), 'torch' in sys.modules)")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "framefusion 0.1.0 False"
+
+
+def test_caption_refuses_a_format_its_output_file_contradicts_and_leaves_the_file_alone(tmp_path):
+    import shutil
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / "clip.mp4")
+    by_extension = runner.invoke(app, ["caption", str(folder), "-o", str(tmp_path / "caps.csv"), "--format", "jsonl",
+                                       *TINY])
+    assert by_extension.exit_code == 2 and "--format jsonl" in by_extension.stderr
+    assert not (tmp_path / "caps.csv").exists()
+    csv_file = tmp_path / "caps.txt"
+    csv_file.write_text("video,caption\nclip.mp4,hello\n")
+    by_content = runner.invoke(app, ["caption", str(folder), "-o", str(csv_file), *TINY])  # .txt: jsonl by default
+    assert by_content.exit_code == 2 and "already holds csv records" in by_content.stderr
+    assert csv_file.read_text() == "video,caption\nclip.mp4,hello\n"
+
+
+def test_caption_of_a_folder_without_videos_says_so_and_points_to_subfolders(tmp_path):
+    import shutil
+
+    (tmp_path / "sub").mkdir()
+    shutil.copy(SAMPLE, tmp_path / "sub" / "clip.mp4")
+    result = runner.invoke(app, ["caption", str(tmp_path), "-o", str(tmp_path / "caps.jsonl"), *TINY])
+    assert result.exit_code == 2 and "holds no videos directly (1 in its subfolders)" in result.stderr
+    assert "--recursive" in result.stderr and not (tmp_path / "caps.jsonl").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["caption", str(empty), "-o", str(tmp_path / "caps.jsonl"), *TINY])
+    assert result.exit_code == 2 and "holds no videos" in result.stderr and "--recursive" not in result.stderr

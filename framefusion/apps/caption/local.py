@@ -35,7 +35,7 @@ from framefusion.apps.caption.records import (
     settings_key,
 )
 from framefusion.apps.caption.folder import VIDEO_EXTENSIONS, FolderListing, check_folder, find_videos
-from framefusion.errors import InputError, VideoError
+from framefusion.errors import InputError, Suggestion, VideoError
 
 DEFAULT_PROMPT = "Describe this video in detail."
 # The `worker` of records captioned in this process, as opposed to a Ray worker's "<node>:<pid>".
@@ -175,6 +175,7 @@ class CaptionSummary:
     captioned: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (video, error)
     already_done: list[str] = field(default_factory=list)
+    already_failed: list[str] = field(default_factory=list)  # an error recorded by an earlier run, not retried
     not_videos: list[str] = field(default_factory=list)
     tokens_saved: int = 0
     seconds: float = 0.0
@@ -184,7 +185,7 @@ class CaptionSummary:
 
     @property
     def all_captioned(self) -> bool:
-        return not self.failed and not self.interrupted
+        return not self.failed and not self.already_failed and not self.interrupted
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,6 +194,7 @@ class CaptionSummary:
             "captioned": list(self.captioned),
             "failed": [{"video": video, "error": error} for video, error in self.failed],
             "skipped_already_captioned": list(self.already_done),
+            "skipped_failed_before": list(self.already_failed),
             "skipped_not_videos": list(self.not_videos),
             "tokens_saved": self.tokens_saved,
             "seconds": round(self.seconds, 3),
@@ -222,7 +224,7 @@ class CaptionRun:
     """
 
     def __init__(self, folder: str | os.PathLike, settings: CaptionSettings, output: str | os.PathLike, *,
-                 format: str | None = None, recursive: bool = False):
+                 format: str | None = None, recursive: bool = False, retry_failed: bool = False):
         if not settings.prompt.strip():
             raise InputError("is empty: say what the captions should describe", setting="prompt", value=settings.prompt)
         self.folder = check_folder(folder)
@@ -230,12 +232,22 @@ class CaptionRun:
         self.settings = settings
         self.file = CaptionFile(self.output, resolve_format(output, format))
         listing = find_videos(self.folder, recursive=recursive, exclude=(self.output,))
+        if not listing.videos:
+            below = [] if recursive else find_videos(self.folder, recursive=True, exclude=(self.output,)).videos
+            raise InputError(
+                "holds no videos" + (f" directly ({len(below)} in its subfolders)" if below else ""),
+                setting="folder", value=str(self.folder),
+                suggestions=[Suggestion("caption the subfolders too", setting="recursive")] if below else ())
         done = self.file.caption_keys()
+        # A video whose error is already recorded under these settings is not tried again unless asked: its error
+        # would only be written once more.
+        failed_before = set() if retry_failed else self.file.error_keys() - done
         key = settings.key()
-        self.pending = [video for video in listing.videos if (video, key) not in done]
+        self.pending = [video for video in listing.videos if (video, key) not in done | failed_before]
         self.summary = CaptionSummary(
             total=len(listing.videos),
             already_done=[video for video in listing.videos if (video, key) in done],
+            already_failed=[video for video in listing.videos if (video, key) in failed_before],
             not_videos=list(listing.others),
             repaired_bytes=self.file.repaired_bytes,
             output=str(self.output),

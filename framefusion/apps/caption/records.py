@@ -88,11 +88,17 @@ def check_output_path(output: str | os.PathLike) -> Path:
 
 
 def resolve_format(output: str | os.PathLike, format: str | None) -> str:
-    """The format given, else csv for a .csv output and jsonl otherwise."""
+    """The format given, else csv for a .csv output and jsonl otherwise. A format the file's extension contradicts
+    (caps.csv as jsonl) is refused: records of one format appended to a file of the other are lost to both."""
+    suffix = Path(output).suffix.lower()
     if format is None:
-        return "csv" if Path(output).suffix.lower() == ".csv" else "jsonl"
+        return "csv" if suffix == ".csv" else "jsonl"
     if format not in FORMATS:
         raise InputError("unknown format: use jsonl or csv", setting="format", value=format)
+    named = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}.get(suffix)
+    if named is not None and named != format:
+        raise InputError(f"the output's extension says {named}: leave the format out, or name a file that fits",
+                         setting="format", value=format)
     return format
 
 
@@ -137,6 +143,7 @@ class CaptionFile:
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
+        self._check_holds_this_format(data)
         keep = _complete_prefix_length_jsonl(data) if self.format == "jsonl" else complete_prefix_length(data)
         if keep < len(data):
             # The tail is what a kill left in the middle of a write: drop it so the next record starts clean.
@@ -144,6 +151,16 @@ class CaptionFile:
             self.repaired_bytes = len(data) - keep
         text = data[:keep].decode("utf-8", errors="replace")
         return self._parse_jsonl(text) if self.format == "jsonl" else self._parse_csv(text)
+
+    def _check_holds_this_format(self, data: bytes) -> None:
+        # Before anything is repaired or appended: a JSON-lines file starts with "{", a CSV file with its header.
+        start = data.lstrip()[:1]
+        if not start:
+            return
+        holds = "jsonl" if start == b"{" else "csv"
+        if holds != self.format:
+            raise InputError(f"already holds {holds} records, not {self.format}: use format {holds}, or another file",
+                             setting="output", value=self.path)
 
     def _parse_jsonl(self, text: str) -> list[dict[str, Any]]:
         records = []
@@ -175,6 +192,10 @@ class CaptionFile:
     def caption_keys(self) -> set[tuple[str, tuple[str, ...]]]:
         """(video, settings key) of every caption in the file (error records not included)."""
         return {(record["video"], settings_key(record)) for record in self.records if is_caption(record)}
+
+    def error_keys(self) -> set[tuple[str, tuple[str, ...]]]:
+        """(video, settings key) of every error record in the file."""
+        return {(record["video"], settings_key(record)) for record in self.records if not is_caption(record)}
 
     def append(self, record: dict[str, Any]) -> None:
         data = self._serialise(record)
