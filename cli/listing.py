@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 import typer
+import yaml
 from rich.table import Table
+from rich.text import Text
 
 from framefusion_cli import options as opt
 from framefusion_cli.console import run_guarded, stdout
@@ -32,13 +34,14 @@ def profiles(
             print(json.dumps({name: dict(p.settings(), description=p.description, source=str(p.source))
                               for name, p in found.items()}))
             return
-        table = Table(title="Reduction profiles", title_justify="left")
-        for column in ("name", "description", "settings", "source"):
-            table.add_column(column)
+        # Two columns, so that it reads at 80: each profile's stages as a user writes them in a profiles file.
+        table = Table(title="Reduction profiles", title_justify="left", show_lines=True)
+        table.add_column("profile", no_wrap=True)
+        table.add_column("what it does, and its stages")
         for name, item in found.items():
-            settings = ", ".join(f"{key}={'family default' if value is None else value}"
-                                 for key, value in item.settings().items())
-            table.add_row(name, item.description, settings, str(item.source))
+            stages = [_stage_line(stage) for stage in item.stages()] or ["(no stage: nothing reduced)"]
+            table.add_row(Text.assemble((name, "bold"), "\n", (str(item.source), "dim")),
+                          Text.assemble(item.description, "\n", ("\n".join(stages), "cyan")))
         stdout.print(table)
 
     run_guarded(debug, work)
@@ -64,8 +67,8 @@ def models(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) 
                               "random": _plain(randoms)}))
             return
         table = Table(title="Model families", title_justify="left")
-        for column in ("family", "model types", "default S_th", "source of S_th", "importance queries",
-                       "frame multiple"):
+        for column in ("family", "model types", "default\nS_th", "source of S_th", "importance\nqueries",
+                       "frame\nmultiple"):
             table.add_column(column)
         for item in families:
             table.add_row(item["family"], ", ".join(item["model_types"]), f"{item['similarity_lower_bound']}",
@@ -74,10 +77,32 @@ def models(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) 
         if refused:
             stdout.print("Refused (FrameFusion cannot run on them; applying it says why): " + ", ".join(
                 f"{item['family']} ({', '.join(item['model_types'])})" for item in refused), highlight=False)
-        stdout.print(_listing("Aliases", aliases))
-        stdout.print(_listing("Random-weight models (no download)", randoms))
+        stdout.print(_aliases_table(aliases))
+        stdout.print(_random_models_table(randoms))
 
     run_guarded(debug, work)
+
+
+def _random_models_table(randoms: Any) -> Table:
+    table = Table(title="Random-weight models (no download)", title_justify="left")
+    table.add_column("model", no_wrap=True)
+    table.add_column("params", justify="right")
+    table.add_column("shape of (for speed)", overflow="fold")
+    for info in randoms:
+        size = "tiny" if info.parameter_count is None else f"{info.parameter_count / 1e9:.2f} B"
+        table.add_row(info.spec, size, info.shape_of or "[dim]built offline (tests, demos)[/dim]")
+    return table
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    """One stage as YAML's flow style spells it: `- kind: frame-dedup, max_difference: 0`."""
+    values = ", ".join(f"{key}: {'family default' if value is None else _yaml_scalar(value)}"
+                       for key, value in stage.items())
+    return f"- {values}"
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _plain(items: Any) -> Any:
@@ -92,16 +117,10 @@ def _plain(items: Any) -> Any:
     return items if isinstance(items, (str, int, float, bool, type(None))) else str(items)
 
 
-def _listing(title: str, items: Any) -> Table:
-    table = Table(title=title, title_justify="left")
-    rows = _plain(items)
-    if isinstance(rows, dict):
-        table.add_column("name")
-        table.add_column("is")
-        for key, value in rows.items():
-            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
-    else:
-        table.add_column("name")
-        for value in rows:
-            table.add_row(value if isinstance(value, str) else json.dumps(value))
+def _aliases_table(aliases: dict[str, str]) -> Table:
+    table = Table(title="Aliases", title_justify="left")
+    table.add_column("alias", no_wrap=True)
+    table.add_column("hub id")
+    for alias, hub_id in aliases.items():
+        table.add_row(alias, hub_id)
     return table

@@ -92,9 +92,10 @@ def chat_turn_table(turn) -> Table:
     """The tokens and time of one chat turn (framefusion.apps.chat.ChatTurn)."""
     tokens, timings = turn.tokens, turn.timings
     table = Table(title=f"Turn {turn.turn}", title_justify="left", show_edge=False)
-    for name in ("conversation tokens", "computed in prefill", "cached (first layer)", "cached (last layer)",
-                 "LLM prefill (s)", "generation (s)", "total (s)"):
-        table.add_column(name, justify="right")
+    # Two-line headings: the table reads at 80 columns.
+    for name in ("conversation\ntokens", "prefilled\nnow", "cached\nlayer 0", "cached\nlast", "prefill\n(s)",
+                 "generation\n(s)", "total\n(s)"):
+        table.add_column(name, justify="right", no_wrap=True)
     table.add_row(f"{tokens['prompt']:,}", f"{tokens['prefill']:,}", f"{tokens['cached_first_layer']:,}",
                   f"{tokens['cached_last_layer']:,}", f"{timings.prefill:.3f}", f"{timings.generate:.3f}",
                   f"{timings.total:.3f}")

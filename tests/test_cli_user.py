@@ -141,3 +141,26 @@ def test_caption_of_a_folder_without_videos_says_so_and_points_to_subfolders(tmp
     empty.mkdir()
     result = runner.invoke(app, ["caption", str(empty), "-o", str(tmp_path / "caps.jsonl"), *TINY])
     assert result.exit_code == 2 and "holds no videos" in result.stderr and "--recursive" not in result.stderr
+
+
+def test_listings_read_at_80_columns_with_settings_as_yaml_writes_them():
+    profiles = runner.invoke(app, ["profiles"], env={"COLUMNS": "80"}).stdout
+    assert "…" not in profiles and "{'" not in profiles
+    assert "- kind: evs, pruning_rate: 0.75" in profiles
+    models = runner.invoke(app, ["models"], env={"COLUMNS": "80"}).stdout
+    assert '{"spec"' not in models and "Qwen/Qwen2-VL-2B-Instruct" in models
+    assert all(len(line) <= 80 for line in profiles.splitlines() + models.splitlines())
+
+
+def test_bench_and_chat_tables_keep_their_headings_whole_at_80_columns():
+    bench = runner.invoke(app, ["bench", "--model", "random:tiny-qwen2-vl", "--frames", "4", "--repeat", "1",
+                                "--warmup", "0", "--max-new-tokens", "2", "--profiles", "baseline,framefusion,evs",
+                                "--device", "cpu"], env={"COLUMNS": "80"})
+    assert bench.exit_code == 0, bench.output
+    assert "…" not in bench.stdout
+    for heading in ("LLM prefill", "time to first token", "peak memory", "framefusion", "evs"):
+        assert heading in bench.stdout
+    chat = runner.invoke(app, ["chat", str(SAMPLE), *TINY, "--show-tokens"], input="What happens?\n",
+                         env={"COLUMNS": "80"})
+    assert chat.exit_code == 0, chat.output
+    assert "…" not in chat.stdout and "conversation" in chat.stdout and "generation" in chat.stdout

@@ -79,6 +79,7 @@ class RandomModelInfo:
     family: str
     parameter_count: int | None
     description: str
+    shape_of: str | None = None  # the published checkpoint whose shape a real-shape model has; None for tiny ones
 
 
 def list_aliases() -> dict[str, str]:
@@ -106,6 +107,7 @@ def list_random_models() -> list[RandomModelInfo]:
                 family=shape.family,
                 parameter_count=shape.parameter_count,
                 description=f"random weights at the shape of {shape.source}, for speed benchmarks",
+                shape_of=shape.source,
             )
         )
     return tiny + shaped
