@@ -26,7 +26,8 @@ def ask(
     video: Annotated[Path, typer.Argument(help="The video file.", show_default=False)],
     questions: Annotated[List[str], typer.Argument(help="One or more questions about the video.", show_default=False)],
     compare: Annotated[Optional[str], typer.Option(
-        help="Also run this profile on the same input and show both side by side.")] = None,
+        help="Also run this profile on the same input and show both side by side (both encode the video: the "
+             "feature cache is left out, so the two are timed alike).")] = None,
     *,
     options: SimpleNamespace,
 ) -> None:
@@ -50,7 +51,9 @@ def ask(
         loading_started = time.perf_counter()
         qa = open_run(checked)
         load_seconds = time.perf_counter() - loading_started
-        prepared = prepare_video_file(qa, settings, video, settings.cache())
+        # A comparison times both sides the same way: neither takes its features from the cache.
+        cache = None if compared is not None else settings.cache()
+        prepared = prepare_video_file(qa, settings, video, cache)
 
         stream = not options.json_output and compared is None
         on_text = _streamer(questions) if stream else None
@@ -64,7 +67,7 @@ def ask(
             if compared.pre_vision_stages() != qa.profile.pre_vision_stages():
                 # The compared profile encodes the video differently (frame dedup): its own encoding, timed.
                 qa.use_profile(compared)
-                prepared = prepare_video_file(qa, settings, video, settings.cache())
+                prepared = prepare_video_file(qa, settings, video, None)
             qa.use_profile(compared)
             with reporting_out_of_memory(frames=prepared.clip.num_frames, dtype=qa.model.dtype, device=qa.device):
                 compared_results = ask_video(qa, prepared, list(questions), **settings.generation())

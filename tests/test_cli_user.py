@@ -164,3 +164,24 @@ def test_bench_and_chat_tables_keep_their_headings_whole_at_80_columns():
                          env={"COLUMNS": "80"})
     assert chat.exit_code == 0, chat.output
     assert "…" not in chat.stdout and "conversation" in chat.stdout and "generation" in chat.stdout
+
+
+def test_compare_labels_each_question_and_sums_up_each_pair_without_the_feature_cache():
+    args = ["ask", str(SAMPLE), "What happens?", "Anything else?", "--model", "random:tiny-qwen2-vl", "--frames", "4",
+            "--max-new-tokens", "2", "--compare", "baseline"]
+    cached = runner.invoke(app, args[:-2])  # the same video asked once before, without --compare: its features cached
+    assert cached.exit_code == 0 and json.loads(runner.invoke(app, [*args[:-2], "--json"]).stdout)[0]["cache"] == "hit"
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Q1: What happens?" in result.stdout and "Q2: Anything else?" in result.stdout
+    assert result.stdout.count("framefusion vs baseline: final tokens") == 2
+    assert "feature cache" not in result.stdout  # both sides encoded: timed alike
+
+
+def test_a_feature_cache_hit_is_said_in_the_timing_table():
+    args = ["ask", str(SAMPLE), "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "4",
+            "--max-new-tokens", "2"]
+    first = runner.invoke(app, args, env={"COLUMNS": "200"})
+    again = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert "feature cache" not in first.stdout
+    assert "the video's features came from the feature cache" in again.stdout
