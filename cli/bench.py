@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="bench")(bench)
 
 
-@shared_options("loading", "profiles_file", "frames", "backend", "max_new_tokens", "output",
+@shared_options("loading", "profiles_file", "sampling", "max_new_tokens", "output",
                 model=DEFAULT_BENCH_MODEL, max_new_tokens=16)
 def bench(
     video: Annotated[Optional[Path], typer.Argument(
@@ -52,7 +52,7 @@ def bench(
     """Measure reduction profiles side by side on one model and video: tokens, time, memory, speedups."""
     def work() -> None:
         from framefusion.apps import bench as library
-        from framefusion.pipeline.video_qa import DEFAULT_FRAMES, resolve_device, resolve_dtype
+        from framefusion.pipeline.video_qa import resolve_device, resolve_dtype
         from framefusion.pipeline.preflight import check_run, open_run, read_clip
         from framefusion.profiles.catalog import get_profile
         from framefusion_cli import plots
@@ -61,8 +61,7 @@ def bench(
         names = library.parse_profile_list(profiles)
         library.check_bench_arguments(names, repeat, warmup, options.max_new_tokens)
         chosen = [get_profile(name, options.profiles_file) for name in names]
-        frame_count = options.frames if options.frames is not None else DEFAULT_FRAMES
-        settings = run_settings(options, profile=names[0], frames=frame_count, max_frames=frame_count)
+        settings = run_settings(options, profile=names[0])
         checked = check_run(settings, [video] if video is not None else [])  # the same checks as ask
         if plot is not None:
             plots.check_plot_path(plot)

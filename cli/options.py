@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 # The alias the one built-in family that offers a default provides (see `framefusion models`).
 DEFAULT_MODEL = default_model()
+DEFAULT_MAX_FRAMES = 64
 
 # Library errors name settings by their Python parameter names; these are the flags that set them where the flag
 # is not simply --<name with dashes>.
@@ -77,7 +79,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "profiles_file": (ProfilesFileOption, None),
     "frames": (FramesOption, None),
     "fps": (FpsOption, None),
-    "max_frames": (MaxFramesOption, 64),
+    "max_frames": (MaxFramesOption, DEFAULT_MAX_FRAMES),
     "start": (StartOption, None),
     "end": (EndOption, None),
     "max_new_tokens": (MaxNewTokensOption, 128),
@@ -142,6 +144,8 @@ def run_settings(options: SimpleNamespace, **overrides: Any) -> RunSettings:
     from framefusion.pipeline.preflight import run_settings as library_settings
 
     given = {**vars(options), **overrides}
+    if given.get("fps") is None and given.get("max_frames", DEFAULT_MAX_FRAMES) != DEFAULT_MAX_FRAMES:
+        warnings.warn("--max-frames caps sampling at a rate only: it has no effect without --fps", stacklevel=2)
     renamed = {"attn": "attn_implementation"}
     values = {renamed.get(name, name): value for name, value in given.items()
               if name not in ("json_output", "debug", "no_reference_positions", "no_cache")}

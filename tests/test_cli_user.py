@@ -185,3 +185,19 @@ def test_a_feature_cache_hit_is_said_in_the_timing_table():
     again = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert "feature cache" not in first.stdout
     assert "the video's features came from the feature cache" in again.stdout
+
+
+def test_max_frames_without_fps_warns_that_it_does_nothing():
+    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--max-frames", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --max-frames caps sampling at a rate only" in result.stderr
+    quiet = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--json"])
+    assert "warning" not in quiet.stderr
+
+
+def test_bench_samples_like_ask_with_a_rate_and_a_span():
+    result = runner.invoke(app, ["bench", str(SAMPLE), "--model", "random:tiny-llava-onevision", "--fps", "1",
+                                 "--start", "1", "--end", "5", "--repeat", "1", "--warmup", "0", "--max-new-tokens",
+                                 "1", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {run["tokens"]["frames"] for run in json.loads(result.stdout)["results"]} == {4}  # 4 s at 1 frame/s
