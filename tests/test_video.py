@@ -34,6 +34,8 @@ BACKENDS = ["decord", "pyav"]
 SAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 # Videos whose frames carry their index and are stored upright.
 INDEXED = ["short", "long", "wide", "odd_size", "mkv", "webm_vp9", "mpeg_ts", "mkv_named_mp4"]
+# The good videos that decord 0.6 cannot read (or that the reader does not hand it), so PyAV reads them.
+DECORD_GIVES_UP = {"mpeg_ts", "rotated_90", "rotated_270", "tiny_2x2"}
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +217,10 @@ def test_single_frame_and_tiny_videos(good, backend):
 def test_both_backends_return_the_same_frames(good, name, count):
     from_decord = read_video(good[name], num_frames=count, backend="decord")
     from_pyav = read_video(good[name], num_frames=count, backend="pyav")
-    assert from_pyav.backend == "pyav" and from_decord.backend in ("decord", "pyav")
+    # decord really ran (the comparison is not PyAV with itself), except where it is known to give up and PyAV reads
+    # the file instead: an MPEG-TS stream, a rotated display matrix and a 2x2 picture.
+    expected = "pyav" if name in DECORD_GIVES_UP else "decord"
+    assert (from_decord.backend, from_pyav.backend) == (expected, "pyav")
     np.testing.assert_allclose(from_decord.timestamps, from_pyav.timestamps, atol=1e-3)
     assert from_decord.frames.shape == from_pyav.frames.shape
     assert np.abs(from_decord.frames.astype(int) - from_pyav.frames).max() <= 3

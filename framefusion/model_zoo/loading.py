@@ -55,7 +55,7 @@ def load_model(
     """Load `spec` (a ModelSpec or text for parse_model_spec) in `dtype` on `device` ("cpu", "cuda:0").
 
     `revision` (branch, tag or commit) applies to hub models only. `trust_remote_code` is passed to
-    transformers only when True. Hub kernels (layer forwards replaced by kernels fetched from the hub, which
+    transformers as given (False: a model that needs its repository's code is refused, never asked about). Hub kernels (layer forwards replaced by kernels fetched from the hub, which
     transformers 5.25 does by default) stay off unless `hub_kernels`. Raises InputError for bad input (found before
     loading anything, e.g. a real-shape model too large for the device, or hub kernels this installation cannot
     give) and ModelLoadError when loading fails.
@@ -77,8 +77,8 @@ def load_model(
     options: dict[str, Any] = {}
     if revision is not None:
         options["revision"] = revision
-    if trust_remote_code:
-        options["trust_remote_code"] = True
+    # Always said, False included: left unsaid, transformers asks on stdin whether to run a repository's code.
+    options["trust_remote_code"] = trust_remote_code
     hub: HubStatus | None = None
     try:
         with hub_access() if spec.kind is SpecKind.HUB else nullcontext() as hub:
@@ -90,6 +90,9 @@ def load_model(
     except (InputError, ModelLoadError):
         raise
     except Exception as error:
+        if not trust_remote_code and compat.needs_remote_code(error):
+            raise InputError(f"{spec.name} runs Python code from its own repository, which stays off unless you allow "
+                             "it: inspect that code first", setting="trust_remote_code") from error
         raise ModelLoadError(explain_load_failure(error, spec, revision, hub=hub)) from error
     if hub_kernels:
         _kernelize(model, device)

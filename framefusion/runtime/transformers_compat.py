@@ -156,6 +156,12 @@ def vision_encoder(model: torch.nn.Module, modality: str) -> Callable | None:
     return getattr(model.base_model, f"get_{modality}_features", None)
 
 
+def needs_remote_code(error: BaseException) -> bool:
+    """Whether from_pretrained refused `error` because the model needs its repository's code and
+    `trust_remote_code=False` was passed (a ValueError that names the argument, on every tested release)."""
+    return isinstance(error, ValueError) and "trust_remote_code=True" in str(error)
+
+
 def has_hub_kernels() -> bool:
     """Whether the installed transformers can kernelize a model (from_pretrained takes `use_kernels`)."""
     from transformers import PreTrainedModel
