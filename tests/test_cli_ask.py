@@ -41,9 +41,10 @@ def test_json_result_has_the_documented_shape_and_framefusion_reduces(model):
     # Loading the model is reported but is not part of the answer's total.
     timings = payload["timings"]
     assert timings["load"] > 0
-    assert timings["total"] == pytest.approx(sum(timings[part] for part in ("decode_video", "preprocess", "vision")) +
-                                             timings["prefill"] + timings["generate"], abs=0.05)
-    assert payload["timings"]["total"] >= payload["timings"]["prefill"] + payload["timings"]["vision"]
+    parts = ("decode_video", "preprocess", "vision", "prefill", "generate")
+    # The total holds every part (and what lies between them), never the load: exact relations, no time limits.
+    assert timings["total"] >= sum(timings[part] for part in parts)
+    assert all(timings[part] > 0 for part in parts)
     assert payload["profile"] == "framefusion"
 
 
