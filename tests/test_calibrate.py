@@ -15,6 +15,8 @@ from framefusion.video.synthetic import write_synthetic_video
 from framefusion.video import read_video
 from framefusion_cli.app import app
 
+from cli_checks import error_line
+
 import videos as test_videos
 
 MODEL = "random:tiny-qwen2-vl"
@@ -120,13 +122,7 @@ def test_profile_saved_into_a_new_profiles_file_with_plot(two_videos, tmp_path):
 
 
 def expect_one_line_usage_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
+    error_line(result, 2, *words)
 
 
 def test_no_videos_is_a_usage_error():

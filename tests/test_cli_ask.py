@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from framefusion_cli.app import app
 
+from cli_checks import error_line
+
 import videos
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
@@ -80,13 +82,9 @@ def broken(tmp_path_factory):
 
 
 def expect_usage_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error:"), result.stderr
+    line = error_line(result, 2, before_loading=True)
     for word in words:
-        assert word.lower() in result.stderr.lower()
-    assert "loading random" not in result.stderr and "loading qwen" not in result.stderr, "error after loading"
+        assert word.lower() in line.lower(), line
 
 
 def test_bad_videos_are_refused_before_loading(broken, tmp_path):

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from framefusion_cli.app import app
 
+from cli_checks import error_line
+
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 TINY = ["--model", "random:tiny-qwen2-vl", "--frames", "4", "--max-new-tokens", "2", "--no-cache"]
 runner = CliRunner()
@@ -34,11 +36,7 @@ def test_bad_settings_are_refused_in_one_line_before_the_model_loads(args, words
 
     monkeypatch.setattr(loading, "_from_pretrained", never_loaded)
     result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, *args])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0]
+    error_line(result, 2, *words, before_loading=True)
 
 
 def test_a_mistyped_chat_command_is_a_note_and_the_conversation_goes_on(tmp_path):
@@ -76,11 +74,7 @@ def test_stderr_holds_only_our_progress_when_it_is_not_a_terminal():
 ])
 def test_usage_errors_are_one_line_with_exit_2(args, words):
     result = runner.invoke(app, ["ask", *args])
-    assert result.exit_code == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0]
+    error_line(result, 2, *words, before_loading=True)
 
 
 @pytest.mark.parametrize("model, suggestion", [("qwen2-vl2b", "qwen2-vl-2b"), ("random:tiny-qwen2vl",

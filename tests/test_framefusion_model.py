@@ -148,7 +148,6 @@ def test_two_videos_in_one_prompt_are_reduced_separately():
     assert handle.stats.achieved_cost == pytest.approx(0.3, abs=0.02)
 
 
-
 def test_merging_never_crosses_from_one_video_into_the_other():
     # Any similarity counts, so every token that has a predecessor may merge into it. A token merges only into the
     # same position of the previous frame of the same video: each video's first frame has none and stays whole,
@@ -164,3 +163,114 @@ def test_merging_never_crosses_from_one_video_into_the_other():
     kept = set(handle.stats.kept_positions)
     assert set(first[:16]) <= kept and set(second[:8]) <= kept
     assert not set(first[16:]) <= kept and not set(second[8:]) <= kept
+
+
+def test_a_batch_of_prompts_with_video_is_refused_clearly():
+    model, inputs = build("qwen2-vl")
+    apply_framefusion(model, cost=0.3, reference_positions=False)
+    batch = {key: (torch.cat([value, value]) if key != "pixel_values_videos" else torch.cat([value, value]))
+             for key, value in inputs.items() if key != "video_grid_thw"}
+    batch["video_grid_thw"] = torch.cat([inputs["video_grid_thw"]] * 2)
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        logits(model, batch)
+
+
+def test_output_attentions_does_not_crash():
+    model, inputs = build("qwen2-vl", attn="eager")
+    handle = apply_framefusion(model, cost=0.3, similarity_lower_bound=0.9, reference_positions=False)
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True)
+    assert len(out.attentions) == handle.num_layers
+    assert out.attentions[-1].shape[-1] == handle.stats.tokens_per_layer[-1]
+
+
+def test_merge_only_and_prune_only():
+    model, inputs = build("qwen2-vl")
+    handle = apply_framefusion(model, cost=0.3, prune=False, reference_positions=False)
+    logits(model, inputs)
+    assert {step.kind for step in handle.stats.steps} == {"merge"}
+
+    handle = apply_framefusion(model, cost=0.3, merge=False, dense_layers=2, reference_positions=False)
+    logits(model, inputs)
+    (step,) = handle.stats.steps
+    assert (step.kind, step.layer) == ("prune", 1)
+    per_layer = handle.stats.tokens_per_layer
+    assert per_layer[0] == per_layer[1] == handle.stats.prompt_tokens
+    assert handle.stats.achieved_cost == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(cost=0.0), "cost must be in"),
+        (dict(cost=1.5), "cost must be in"),
+        (dict(cost=0.05), "too small for a model with 8 decoder layers"),
+        (dict(similarity_lower_bound=1.5), "similarity_lower_bound must be in"),
+        (dict(similarity_lower_bound=-1.01), "similarity_lower_bound must be in"),
+        (dict(ratio_lower_bound=0.0), "ratio_lower_bound must be in"),
+        (dict(merge=False, prune=False), "nothing would be reduced"),
+    ],
+)
+def test_bad_arguments_are_rejected_at_apply(kwargs, message):
+    model, _ = build("qwen2-vl")
+    with pytest.raises(ValueError, match=message):
+        apply_framefusion(model, **kwargs)
+    assert framefusion_handle(model) is None
+
+
+def test_unsupported_family_names_the_supported_ones():
+    config = Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(ValueError, match="supported families: qwen2-vl, qwen2.5-vl, llava-onevision"):
+        apply_framefusion(Qwen2ForCausalLM(config))
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_cost_one_with_reference_positions_on_both_sides_is_bit_identical(family):
+    from framefusion import has_reference_positions, restore_reference_positions
+
+    model, inputs = build(family)
+    restore_reference_positions(model)
+    baseline = logits(model, inputs)
+    handle = apply_framefusion(model, cost=1.0)
+    assert torch.equal(logits(model, inputs), baseline)
+    # Positions restored before apply belong to the caller: removing FrameFusion leaves them on.
+    assert not handle.reference_positions
+    remove_framefusion(model)
+    assert has_reference_positions(model)
+
+
+def test_apply_restores_reference_positions_and_remove_undoes_them():
+    from framefusion import has_reference_positions
+
+    model, inputs = build("qwen2-vl")
+    handle = apply_framefusion(model, cost=0.3)
+    assert handle.reference_positions and has_reference_positions(model)
+    remove_framefusion(model)
+    assert not has_reference_positions(model)
+
+
+def test_accelerate_style_forward_wrappers_stay_in_place():
+    """device_map models: accelerate wraps `forward` and keeps the real one as `_old_forward`."""
+    model, inputs = build("qwen2-vl")
+    baseline = logits(model, inputs)
+    calls = []
+    for layer in model.model.language_model.layers:
+        layer._hf_hook = object()
+        layer._old_forward = layer.forward
+
+        def wrapper(*args, _layer=layer, **kwargs):
+            calls.append(1)
+            return _layer._old_forward(*args, **kwargs)
+
+        layer.forward = wrapper
+    wrappers = [layer.forward for layer in model.model.language_model.layers]
+    old_forwards = [layer._old_forward for layer in model.model.language_model.layers]
+
+    handle = apply_framefusion(model, cost=0.3, reference_positions=False)
+    logits(model, inputs)
+    assert handle.stats.reduced and calls, "FrameFusion ran inside the wrapper"
+    remove_framefusion(model)
+    assert [layer.forward for layer in model.model.language_model.layers] == wrappers
+    assert [layer._old_forward for layer in model.model.language_model.layers] == old_forwards
+    assert torch.equal(logits(model, inputs), baseline)

@@ -17,6 +17,8 @@ from framefusion.runtime import transformers_compat as compat
 from framefusion.model_zoo import ensure_tiny_checkpoint
 from framefusion_cli.app import app
 
+from cli_checks import error_line
+
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 TINY = "random:tiny-qwen2-vl"
 runner = CliRunner()
@@ -107,12 +109,7 @@ def test_the_library_refuses_hub_kernels_it_cannot_give_with_the_setting_name(mo
 
 
 def assert_refused_before_loading(result, kernelize_requests: list[bool], *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+    error_line(result, 2, *words, before_loading=True)
     assert kernelize_requests == []  # no model was loaded
 
 

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from framefusion.model_zoo import ensure_tiny_checkpoint
 from framefusion_cli.app import app
 
+from cli_checks import error_line
+
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 runner = CliRunner()
 
@@ -42,9 +44,7 @@ def ask(folder: Path, *extra: str):
 def test_a_model_that_needs_its_own_code_is_refused_in_one_line_and_nothing_of_it_runs(model_with_own_code):
     folder, marker = model_with_own_code
     result = ask(folder)  # "y" waits on stdin: nobody may ask for it
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--trust-remote-code" in errors[0] and "Traceback" not in result.output
+    error_line(result, 2, "--trust-remote-code")
     assert "Do you wish to run the custom code" not in result.output
     assert not marker.exists()
 
