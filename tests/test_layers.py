@@ -173,3 +173,13 @@ def test_the_contract_sees_a_circle_and_an_upward_import(tmp_path, monkeypatch):
     graph = import_graph()
     assert circles(graph) == [["framefusion.methods.a", "framefusion.pipeline.b"]]
     assert layer_of("framefusion.methods.a")[0] > layer_of("framefusion.pipeline.b")[0]
+
+
+def test_the_settings_of_a_run_are_made_in_one_place():
+    # Every command and the lmms-eval model get the same checks because one function makes RunSettings.
+    makers = []
+    for module, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "RunSettings":
+                makers.append(module)
+    assert makers == ["framefusion.pipeline.preflight"]
