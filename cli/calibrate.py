@@ -158,8 +158,9 @@ def frame_change_table(result: Any) -> Table:
         scores = " ".join(f"{score:.1f}{'*' if unit in encoded else ''}" for unit, score in enumerate(plan.change_scores))
         table.add_row(video.video, f"{plan.noise_floor:.2f}", f"{plan.threshold:.2f}",
                       f"{plan.frames_encoded}/{plan.num_frames}", scores)
-    table.caption = ("change: the mean RGB difference of the most-changed region against the last encoded frame; a "
-                     "frame is encoded above the threshold, which a frame-dedup sensitivity s divides by s")
+    table.caption = ("change: the mean RGB difference of the most-changed region against the last encoded frame (a pair "
+                     "of frames for models that encode frames in pairs); a frame is encoded above the threshold, which "
+                     "a frame-dedup sensitivity s divides by s")
     return table
 
 

@@ -18,7 +18,8 @@ from framefusion.profiles.catalog import get_profile
 from framefusion.video.synthetic import write_video_frames
 from framefusion.video import VideoClip, read_video
 
-FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onevision", "llava-next-video", "internvl", "smolvlm"]
+FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "llava-onevision", "llava-next-video", "internvl",
+            "smolvlm"]
 SIDE = 112
 
 

@@ -74,8 +74,8 @@ class TokenReport:
     framefusion_seconds: float = 0.0
     # Sampled frames the vision encoder saw (fewer than `frames` when frame dedup reused features); None: all.
     frames_encoded: int | None = None
-    # The frame-dedup test that chose them, the reason the others were not encoded: "exact" (the same pixels as the
-    # last encoded frame) or "noise-aware" (no region changed beyond the video's noise); None: no frame dedup.
+    # Why the others were not encoded, the frame-dedup test that skipped them: "exact" (the same pixels as the last
+    # encoded frame) or "noise-aware" (no region changed beyond the video's noise); None: every frame was encoded.
     frame_dedup: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,5 +148,5 @@ class PreparedVideo:
     cache: str = "off"
     # Sampled frames the vision encoder saw: all of them, or fewer when frame dedup reused features (None: all).
     frames_encoded: int | None = None
-    # The frame-dedup test that chose the frames encoded ("exact", "noise-aware"); None: no frame dedup.
+    # The frame-dedup test that skipped the frames not encoded ("exact", "noise-aware"); None: every frame encoded.
     frame_dedup: str | None = None

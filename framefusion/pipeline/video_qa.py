@@ -118,10 +118,10 @@ class VideoQA:
         with Stopwatch(self.device) as vision, torch.inference_mode():
             modality, features, plan = self._encode(clip, video_inputs, stages)
         vision_seconds = vision.seconds if features is not None else 0.0
-        encoded_here = features is not None and plan is not None
+        skipped = features is not None and plan is not None and not plan.encodes_every_unit
         return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds,
-                             frames_encoded=plan.frames_encoded if encoded_here else clip.num_frames,
-                             frame_dedup=plan.mode if encoded_here else None)
+                             frames_encoded=plan.frames_encoded if skipped else clip.num_frames,
+                             frame_dedup=plan.mode if skipped else None)
 
     def _encode(self, clip: VideoClip, video_inputs: dict[str, torch.Tensor],
                 stages: list[dict[str, Any]]) -> tuple[str, Any, Any]:
