@@ -8,12 +8,13 @@ from types import SimpleNamespace
 from typing import Annotated, Any, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from framefusion.errors import InputError
-from framefusion_cli.console import announce_loading, log, run_guarded, stdout
-from framefusion_cli.options import run_settings, shared_options
+from framefusion.errors import InputError, VideoError
+from framefusion_cli.console import announce_loading, log, run_guarded, stderr, stdout
+from framefusion_cli.options import flag_for_setting, run_settings, shared_options
 
 SaveProfileOption = Annotated[Optional[str], typer.Option(
     "--save-profile",
@@ -60,7 +61,24 @@ def calibrate(
         if frame_count is not None and frame_count < 2:
             raise InputError("calibration compares frames with the previous one: sample at least 2",
                              setting="frames", value=frame_count)
-        checked = check_run(settings, paths)
+        # An unreadable video is reported and left out, as caption does; only when none can be read is it an error.
+        checked = check_run(settings)
+        readable, unreadable = [], []
+        for path in paths:
+            try:
+                check_run(settings, [path])
+                readable.append(path)
+            except VideoError as error:
+                unreadable.append((path, error))
+        if not readable:
+            if len(unreadable) == 1:
+                raise unreadable[0][1]
+            raise InputError(f"none of the {len(unreadable)} videos can be read: "
+                             f"{', '.join(str(path) for path, _ in unreadable)}")
+        for path, error in unreadable:
+            stderr.print(f"[yellow]warning:[/yellow] skipped {escape(str(path))}: "
+                         f"{escape(error.describe(flag_for_setting))}", highlight=False, soft_wrap=True)
+        paths = readable
         if save_profile is not None:
             check_saved_profile(save_profile, cost, profiles_file)
         if plot is not None:
@@ -84,6 +102,10 @@ def calibrate(
         if plot is not None:
             write_plot(result, plot)
             log(f"plot written to {plot}")
+        if result.stops_merging:
+            stderr.print(f"[yellow]warning:[/yellow] S_th {result.similarity_lower_bound:.4f} would stop merging: "
+                         "nearly no token is that similar to the previous frame's; these videos change too much for "
+                         "FrameFusion's merge (its prune still runs)", highlight=False, soft_wrap=True)
         if options.json_output:
             print(json.dumps(dict(result.to_dict(), saved_profile=saved), ensure_ascii=False))
             return

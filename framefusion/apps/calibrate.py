@@ -33,7 +33,8 @@ from framefusion.methods import framefusion as core
 from framefusion.methods.frame_dedup import FramePlan, plan_frame_dedup
 from framefusion.runtime import transformers_compat as compat
 from framefusion.families import VideoInputs, supported_families
-from framefusion.errors import FrameFusionError, InputError, Suggestion
+from framefusion.errors import FrameFusionError, InputError, Suggestion, VideoError, one_line
+from framefusion.profiles.catalog import get_profile
 from framefusion.video import VideoClip, read_video
 
 # What the model is asked while its hidden states are read. Video tokens come before the question in every
@@ -44,6 +45,10 @@ RULE = ("mean over the videos of the median cosine similarity of each video toke
         "the previous frame, at the input embeddings (layer 0, where FrameFusion's first merge happens)")
 # Saved profiles carry S_th to this many decimals: finer digits are noise between runs and videos.
 SAVED_DECIMALS = 4
+# The profile a calibrated one is made from: its stages, with the calibrated S_th in its FrameFusion stage.
+DEFAULT_PROFILE = "framefusion"
+# An S_th this high leaves nearly nothing to merge (cosine similarities of distinct tokens rarely reach it).
+MERGING_STOPS_AT = 0.99
 
 
 @dataclass(frozen=True)
@@ -99,19 +104,26 @@ class CalibrationResult:
     similarity_lower_bound: float
     layers: tuple[SimilarityStats, ...]
     videos: tuple[VideoSimilarity, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (video, why) of the videos that could not be read
 
     @property
     def saved_similarity_lower_bound(self) -> float:
         return round(self.similarity_lower_bound, SAVED_DECIMALS)
 
+    @property
+    def stops_merging(self) -> bool:
+        """Whether the proposed S_th is so high that FrameFusion would merge next to nothing (only the prune runs)."""
+        return self.similarity_lower_bound >= MERGING_STOPS_AT
+
     def profile_settings(self, cost: float = 0.3) -> dict[str, Any]:
-        """A framefusion profile with the calibrated S_th, as a profiles file spells it (see profiles.save_profile)."""
+        """The default profile with the calibrated S_th and `cost` in its FrameFusion stage, its other stages (frame
+        dedup) kept, as a profiles file spells it (see profiles.save_profile)."""
+        stages = [dict(stage, cost=cost, similarity_lower_bound=self.saved_similarity_lower_bound)
+                  if stage["kind"] == "framefusion" else stage for stage in get_profile(DEFAULT_PROFILE).stages()]
         return {
-            "description": (f"FrameFusion with S_th {self.saved_similarity_lower_bound} calibrated on "
+            "description": (f"{DEFAULT_PROFILE} with S_th {self.saved_similarity_lower_bound} calibrated on "
                             f"{len(self.videos)} video(s) with {self.model}"),
-            "method": "framefusion",
-            "cost": cost,
-            "similarity_lower_bound": self.saved_similarity_lower_bound,
+            "stages": stages,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +136,8 @@ class CalibrationResult:
             "per_layer_medians": [stats.median for stats in self.layers],
             "layers": [dict(layer=index, **asdict(stats)) for index, stats in enumerate(self.layers)],
             "videos": [video.to_dict() for video in self.videos],
+            "skipped_videos": [{"video": video, "error": why} for video, why in self.skipped],
+            "stops_merging": self.stops_merging,
         }
 
 
@@ -221,13 +235,19 @@ def calibrate(qa: Any, videos: Sequence[str | Path], *, frames: int | None = Non
     if qa.profile.reduction_kwargs() is not None:
         raise InputError("calibration measures the unreduced model; open it under a profile that reduces nothing",
                          setting="profile", value=qa.profile.name)
-    measured = []
+    measured, skipped = [], []
     for index, path in enumerate(videos):
         if on_video is not None:
             on_video(index, str(path))
-        clip = read_video(path, num_frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
-                          backend=backend)
+        try:
+            clip = read_video(path, num_frames=frames, fps=fps, max_frames=max_frames, start=start, end=end,
+                              backend=backend)
+        except VideoError as error:  # one unreadable video is reported, as caption does, not the end of the run
+            skipped.append((str(path), one_line(error)))
+            continue
         measured.append(measure_video(qa, clip))
+    if not measured:
+        raise VideoError(f"no video could be read ({'; '.join(why for _, why in skipped)})")
     num_layers = len(measured[0].layers)
     layers = tuple(
         SimilarityStats.averaged([video.layers[layer] for video in measured]) for layer in range(num_layers)
@@ -237,7 +257,7 @@ def calibrate(qa: Any, videos: Sequence[str | Path], *, frames: int | None = Non
         raise FrameFusionError("the similarities came out as NaN or infinite; run the model in float32 and try again")
     return CalibrationResult(
         model=qa.model_name, family=qa.family, family_default=qa.adapter.default_similarity_lower_bound,
-        similarity_lower_bound=threshold, layers=layers, videos=tuple(measured),
+        similarity_lower_bound=threshold, layers=layers, videos=tuple(measured), skipped=tuple(skipped),
     )
 
 
