@@ -55,7 +55,8 @@ def caption(
         help="CPUs per Ray worker, also its torch threads (default: this machine's CPUs split between the "
              "workers; 1 on a cluster).", show_default=False)] = None,
     retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", help="Try again the videos whose error an earlier run recorded (else they are skipped).")
+        "--retry-failed", help="Try again the videos an earlier run found unreadable (else they are skipped; a "
+                               "timeout or a model failure is always tried again).")
     ] = False,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the summary as JSON on stdout (progress and logs go to stderr).")] = False,
@@ -219,5 +220,5 @@ def render_summary(console: Console, summary: Any) -> None:
     for video, error in summary.failed:
         console.print(f"  [red]failed[/red] {escape(video)}: {escape(error)}", highlight=False, soft_wrap=True)
     if summary.already_failed:
-        console.print(f"  {len(summary.already_failed)} failed in an earlier run and were not tried again "
-                      "(--retry-failed tries them)", highlight=False, soft_wrap=True)
+        console.print(f"  {len(summary.already_failed)} failed in an earlier run as unreadable and were not tried "
+                      "again (--retry-failed tries them)", highlight=False, soft_wrap=True)

@@ -166,7 +166,7 @@ def test_csv_torn_inside_a_quoted_multiline_caption_is_cut_off(tmp_path):
 
 def test_a_csv_file_from_before_the_worker_column_is_resumed_in_its_own_columns(tmp_path):
     path = tmp_path / "captions.csv"
-    old_columns = [column for column in CSV_COLUMNS if column != "worker"]
+    old_columns = [column for column in CSV_COLUMNS if column not in ("worker", "unreadable")]
     old_row = {**dict.fromkeys(old_columns, ""), "video": "a.mp4", "caption": "a cat", "model": "m", "profile": "p",
                "prompt": "q", "frames": "4"}
     with open(path, "w", newline="") as file:

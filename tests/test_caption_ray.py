@@ -160,9 +160,13 @@ def test_ray_pool_gives_the_local_captions_spread_over_both_workers_and_resumes(
     # Greedy captions equal the local engine's, token for token.
     assert {video: record["caption"] for video, record in captions.items()} == local_captions(folder, tmp_path)
 
-    # Run again: nothing captioned twice; only the failed video is tried again (the local engine's resume rule).
+    # Run again: nothing captioned twice; the unreadable video is not tried again unless asked (the local engine's
+    # resume rule).
     again = cli(folder, "--output", output, *RAY, *FAST)
-    assert again.exit_code == 1 and "captioned 0, failed 1, skipped 4 already captioned" in again.output
+    assert again.exit_code == 1 and "captioned 0, failed 0, skipped 4 already captioned" in again.output
+    assert "1 failed in an earlier run" in again.output
+    retried = cli(folder, "--output", output, *RAY, *FAST, "--retry-failed")
+    assert retried.exit_code == 1 and "captioned 0, failed 1, skipped 4 already captioned" in retried.output
     records = read_jsonl(output)
     assert Counter(record["video"] for record in records if "caption" in record) == {video: 1 for video in GOOD}
     assert [record["video"] for record in records if "error" in record] == ["truncated.mp4"] * 2

@@ -108,11 +108,13 @@ def caption_record(video: str, settings: CaptionSettings, result: Any, versions:
 
 
 def error_record(video: str, settings: CaptionSettings, message: str, versions: dict[str, str],
-                 worker: str | None = LOCAL_WORKER) -> dict[str, Any]:
-    """worker: who tried the video; None when no worker came back with it."""
+                 worker: str | None = LOCAL_WORKER, *, unreadable: bool = False) -> dict[str, Any]:
+    """worker: who tried the video; None when no worker came back with it. unreadable: the video cannot be decoded
+    (not retried by a re-run unless asked), unlike a timeout or a model failure."""
     return {
         "video": video,
         "error": message,
+        "unreadable": unreadable,
         "model": settings.model,
         "profile": settings.profile,
         "prompt": settings.prompt,
@@ -175,7 +177,7 @@ class CaptionSummary:
     captioned: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (video, error)
     already_done: list[str] = field(default_factory=list)
-    already_failed: list[str] = field(default_factory=list)  # an error recorded by an earlier run, not retried
+    already_failed: list[str] = field(default_factory=list)  # found unreadable by an earlier run, not retried
     not_videos: list[str] = field(default_factory=list)
     tokens_saved: int = 0
     seconds: float = 0.0
@@ -239,9 +241,9 @@ class CaptionRun:
                 setting="folder", value=str(self.folder),
                 suggestions=[Suggestion("caption the subfolders too", setting="recursive")] if below else ())
         done = self.file.caption_keys()
-        # A video whose error is already recorded under these settings is not tried again unless asked: its error
+        # A video already recorded as unreadable under these settings is not tried again unless asked: its error
         # would only be written once more.
-        failed_before = set() if retry_failed else self.file.error_keys() - done
+        failed_before = set() if retry_failed else self.file.unreadable_keys() - done
         key = settings.key()
         self.pending = [video for video in listing.videos if (video, key) not in done | failed_before]
         self.summary = CaptionSummary(
@@ -330,7 +332,9 @@ def caption_one_video(qa: Any, folder: Path, video: str, settings: CaptionSettin
     except VideoError as error:
         if following is not None:
             decoder.submit(str(folder / following), settings)
-        return error_record(video, settings, one_line_error(error, path), versions, worker)
+        # A decoder that ran out of time may do in more: only a video that cannot be decoded is recorded unreadable.
+        return error_record(video, settings, one_line_error(error, path), versions, worker,
+                            unreadable=not isinstance(error, DecodeTimeout))
     if following is not None:
         decoder.submit(str(folder / following), settings)
     if hit is not None:  # decoded while the previous video ran (prefetch): the cached features serve all the same

@@ -28,10 +28,11 @@ _SUMMARY_COLUMNS = (
     + tuple(f"versions_{name}" for name in _VERSION_COLUMNS)
 )
 _RECORD_COLUMNS = ("video", "caption", "error", "model", "profile", "prompt", "frames", "fps", "max_frames", "new_tokens")
-# `worker` (who captioned the video) came after the first files were written; it goes last so that those files,
-# whose header lacks it, are still read and appended to in their own columns.
-CSV_COLUMNS = _RECORD_COLUMNS + _SUMMARY_COLUMNS + ("worker",)
-_CSV_COLUMNS_WITHOUT_WORKER = _RECORD_COLUMNS + _SUMMARY_COLUMNS
+# `worker` (who captioned the video) and `unreadable` (an error that a re-run would only repeat) came after the first
+# files were written; they go last so that those files, whose header lacks them, are still read and appended to in
+# their own columns.
+CSV_COLUMNS = _RECORD_COLUMNS + _SUMMARY_COLUMNS + ("worker", "unreadable")
+_OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-1], CSV_COLUMNS[:-2])
 
 
 def settings_key(record: dict[str, Any]) -> tuple[str, ...]:
@@ -61,7 +62,7 @@ def is_caption(record: dict[str, Any]) -> bool:
 
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record as one CSV row: token and timing summaries as columns, per-layer lists left out."""
-    row = {name: record.get(name) for name in _RECORD_COLUMNS + ("worker",)}
+    row = {name: record.get(name) for name in _RECORD_COLUMNS + ("worker", "unreadable")}
     for prefix, names in (("tokens", _TOKEN_COLUMNS), ("timings", _TIMING_COLUMNS), ("versions", _VERSION_COLUMNS)):
         values = record.get(prefix) or {}
         for name in names:
@@ -183,7 +184,7 @@ class CaptionFile:
             return []
         reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = tuple(reader.fieldnames or ())
-        if columns not in (CSV_COLUMNS, _CSV_COLUMNS_WITHOUT_WORKER):
+        if columns not in (CSV_COLUMNS, *_OLDER_CSV_COLUMNS):
             raise InputError("is a CSV file with other columns than caption records; choose another file",
                              setting="output", value=self.path)
         self.columns = columns
@@ -193,9 +194,11 @@ class CaptionFile:
         """(video, settings key) of every caption in the file (error records not included)."""
         return {(record["video"], settings_key(record)) for record in self.records if is_caption(record)}
 
-    def error_keys(self) -> set[tuple[str, tuple[str, ...]]]:
-        """(video, settings key) of every error record in the file."""
-        return {(record["video"], settings_key(record)) for record in self.records if not is_caption(record)}
+    def unreadable_keys(self) -> set[tuple[str, tuple[str, ...]]]:
+        """(video, settings key) of every error record of a video that could not be read (a re-run would only fail
+        the same way; a timeout or a model failure is tried again)."""
+        return {(record["video"], settings_key(record)) for record in self.records
+                if not is_caption(record) and str(record.get("unreadable")).lower() == "true"}
 
     def append(self, record: dict[str, Any]) -> None:
         data = self._serialise(record)
