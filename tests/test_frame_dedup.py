@@ -16,10 +16,12 @@ from framefusion.pipeline.video_qa import VideoQA
 from framefusion.pipeline.preflight import prepare_video_file, run_settings
 from framefusion.profiles.catalog import get_profile
 from framefusion.video.synthetic import write_video_frames
+from framefusion.families import supported_families
 from framefusion.video import VideoClip, read_video
 
-FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "llava-onevision", "llava-next-video", "internvl",
-            "smolvlm"]
+# Every family the installed transformers runs (Qwen3.5 from 5.25 on).
+FAMILIES = [name for name in ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "llava-onevision", "llava-next-video",
+                              "internvl", "smolvlm"] if name in supported_families()]
 SIDE = 112
 
 

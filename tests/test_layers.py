@@ -183,3 +183,9 @@ def test_the_settings_of_a_run_are_made_in_one_place():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "RunSettings":
                 makers.append(module)
     assert makers == ["framefusion.pipeline.preflight"]
+
+
+def test_no_module_is_longer_than_a_reader_can_hold():
+    longer = {module: length for module, path in module_files().items()
+              if (length := len(path.read_text().splitlines())) > 400}
+    assert longer == {}

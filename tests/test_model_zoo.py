@@ -67,6 +67,8 @@ PUBLISHED_SIZES = {
     "qwen2-vl-7b": 8.29,
     "qwen2.5-vl-3b": 3.75,
     "qwen2.5-vl-7b": 8.29,
+    # Named 0.8B; counted as transformers builds it (no multi-token-prediction head, which it does not load).
+    "qwen3.5-0.8b": 0.85,
 }
 
 

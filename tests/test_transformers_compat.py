@@ -160,3 +160,30 @@ def test_a_prefill_with_a_cache_is_never_read_as_packed_sequences():
                               **compat.cache_kwargs(DynamicCache(config=config)), **keywords)
     causal = torch.tril(torch.ones(6, 6, dtype=torch.bool))
     assert torch.equal(mask[0, 0] == 0, causal)
+
+
+@pytest.mark.skipif("qwen3.5" not in __import__("framefusion.families").families.supported_families(),
+                    reason="Qwen3.5 runs from transformers 5.25 (tests/test_hybrid_stacks.py checks the refusal before)")
+def test_hybrid_layers_name_their_mixers_and_linear_caches_count_the_tokens_they_saw():
+    """Qwen3.5's decoder layers hold either softmax attention or a linear-attention mixer under the names the runtime
+    looks for; the mixer takes hidden states, the padding mask and the cache by keyword; its cache layer counts the
+    tokens it has seen (what is_continuation and the per-layer checks read)."""
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextModel
+
+    config = Qwen3_5TextConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8,
+        linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"],
+    )
+    model = Qwen3_5TextModel(config).eval()
+    linear, full = model.layers
+    assert hasattr(linear, compat.LINEAR_ATTENTION_MODULE) and not hasattr(linear, compat.ATTENTION_MODULE)
+    assert hasattr(full, compat.ATTENTION_MODULE) and not hasattr(full, compat.LINEAR_ATTENTION_MODULE)
+    parameters = inspect.signature(getattr(linear, compat.LINEAR_ATTENTION_MODULE).forward).parameters
+    assert {"hidden_states", "attention_mask", compat.cache_keyword()} <= set(parameters)
+    input_ids = torch.arange(7)[None]
+    with torch.no_grad():
+        cache = compat.output_cache(model(input_ids=input_ids, use_cache=True))
+    assert [compat.cached_length(cache, index) for index in range(2)] == [7, 7]
+    assert compat.is_continuation(compat.cache_kwargs(cache))

@@ -126,15 +126,21 @@ def find_family(model: nn.Module) -> Family | None:
 def family_for(model: nn.Module) -> Family:
     """The family of `model`, detected from its config's model_type (not from its name).
 
-    Models that a family refuses (hybrid language stacks such as MiniCPM-V 4.x) raise that family's InputError with
-    the reason; a model of no registered family raises an InputError listing the supported ones.
+    Models that a family refuses (MiniCPM-V 4.x, and hybrid language stacks no family supports) raise that family's
+    InputError with the reason; a model of no registered family raises an InputError listing the supported ones.
     """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    # A family that refuses a model type by name wins; one that refuses by what it sees (MiniCPM-V: any hybrid stack)
+    # only catches what no supported family runs (Qwen3.5's hybrid stack is supported).
     for family in registered_families():
-        if family.refuses and family.matches(model):
+        if family.refuses and model_type in family.model_types:
             family.refuse(model)
     found = find_family(model)
     if found is not None:
         return found
+    for family in registered_families():
+        if family.refuses and family.matches(model):
+            family.refuse(model)
     config = getattr(model, "config", None)
     described = f"{type(model).__name__} (model_type {getattr(config, 'model_type', None)!r})"
     raise InputError(

@@ -219,6 +219,15 @@ class Family:
         side = patches_per_side(config)
         return None if side is None else max(1, side * side)
 
+    def language_parameters(self, text: Mapping[str, Any]) -> int | None:
+        """Parameters of the decoder layers (no embeddings, final norm or head) from the text config; None for the
+        generic count of a standard attention stack (attention with biases, gated MLP, two norms per layer)."""
+        return None
+
+    def cache_layers(self, text: Mapping[str, Any]) -> int:
+        """Decoder layers whose KV cache grows with the prompt (hybrid stacks: only the softmax-attention ones)."""
+        return positive_int(text, "num_hidden_layers")
+
     def vision_parameters(self, vision: Mapping[str, Any], text_hidden: int) -> int:
         """Parameters of the vision tower and of the projector into a language model `text_hidden` wide.
 

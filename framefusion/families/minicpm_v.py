@@ -3,9 +3,10 @@
 transformers 5.23 ships MiniCPM-V 4.6 and 4.7 (`minicpmv4_6`, `minicpmv4_7`; also `minicpm_ocr`), and all three
 put a Qwen3.5 language model (`qwen3_5_text`) under the vision encoder: a hybrid stack in which three layers in
 four are Gated DeltaNet linear attention with a recurrent state and only every fourth is softmax attention with a
-KV cache. FrameFusion's per-layer reduction assumes every layer attends over a KV cache it can shorten and whose
-last queries rate importance; a recurrent layer has neither (its state already mixes every token it has seen).
-The same holds for any model whose language stack is hybrid, so this family catches those too.
+KV cache. The runtime runs such stacks (merging after any layer, pruning after the nearest full-attention layer: the
+qwen3.5 family), but no family home describes MiniCPM-V's video layout (its slices and pooled frame tokens), so
+these classes are refused. Any other model whose language stack lists linear-attention layers and that no supported
+family claims is refused the same way.
 MiniCPM-V 2.6, the version the FrameFusion paper evaluates, is a standard attention stack but needs remote code
 (trust_remote_code) and is not a transformers-native class.
 """
@@ -35,8 +36,8 @@ class MiniCPMV(Family):
         name = f"{type(model).__name__} (model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r})"
         raise InputError(
             f"FrameFusion cannot run on {name}: its language model is a hybrid stack whose layers are mostly {kinds} "
-            "with a recurrent state, so there is no per-layer KV cache to shorten and no attention to rate tokens by; "
-            "use a model with a standard attention stack (see docs/adding-a-model.md)"
+            "with a recurrent state, and no model family describes its video layout; use a supported model (Qwen3.5 "
+            "runs such a stack) or add a family for it (see docs/adding-a-model.md)"
         )
 
 

@@ -46,6 +46,13 @@ class ModelNumbers:
     hidden_size: int
     intermediate_size: int
     tokens_per_frame: int
+    # Layers whose KV cache grows with the prompt: all of them but in hybrid stacks (Qwen3.5's linear-attention
+    # layers keep a fixed-size state instead).
+    cache_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.cache_layers:
+            object.__setattr__(self, "cache_layers", self.num_layers)
 
 
 def count_parameters_from_config(config: Mapping[str, Any]) -> int:
@@ -64,11 +71,13 @@ def count_parameters_from_config(config: Mapping[str, Any]) -> int:
     attention += heads * head_dim + 2 * kv_heads * head_dim  # q, k, v biases (Qwen2); tiny when absent
     per_layer = attention + 3 * hidden * intermediate + 2 * hidden
     tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
-    language = layers * per_layer + hidden + vocab * hidden * (1 if tied else 2)
+    family = _family_of_config(config)
+    decoder = family.language_parameters(text)
+    language = (layers * per_layer if decoder is None else decoder) + hidden + vocab * hidden * (1 if tied else 2)
     vision = config.get("vision_config")
     if not isinstance(vision, Mapping):
         return language
-    return language + _family_of_config(config).vision_parameters(vision, hidden)
+    return language + family.vision_parameters(vision, hidden)
 
 
 def tokens_per_frame_from_config(config: Mapping[str, Any], processor: Mapping[str, Any] | None = None,
@@ -106,6 +115,7 @@ def model_numbers_from_config(config: Mapping[str, Any], *, processor: Mapping[s
         hidden_size=hidden,
         intermediate_size=positive_int(text, "intermediate_size"),
         tokens_per_frame=tokens_per_frame_from_config(config, processor, frame_size),
+        cache_layers=_family_of_config(config).cache_layers(text),
     )
 
 

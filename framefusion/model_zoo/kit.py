@@ -11,8 +11,10 @@ __all__ = ["FamilyKit", "TINY_FRAME_SIDE", "TINY_PATCH_SIZE", "TINY_TEXT_DIMS", 
 
 
 def tiny_families() -> tuple[str, ...]:
-    """Names of the registered families that can build a tiny checkpoint (`random:tiny-<name>`), in registry order."""
-    return tuple(family.name for family in registered_families() if family.tiny_kit() is not None)
+    """Names of the registered families that can build a tiny checkpoint (`random:tiny-<name>`), in registry order;
+    a family that refuses its models on this installation builds none."""
+    return tuple(family.name for family in registered_families()
+                 if not family.refuses and family.tiny_kit() is not None)
 
 
 def family_kit(name: str) -> FamilyKit:

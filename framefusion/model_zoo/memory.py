@@ -73,7 +73,7 @@ def estimate_memory(numbers: ModelNumbers, *, frames: int, dtype_bytes: int, dty
                     attn_implementation: str = "sdpa", text_tokens: int = TEXT_TOKENS) -> MemoryEstimate:
     """The memory one prefill of `frames` frames needs (see the module docstring for each part)."""
     tokens = max(0, frames) * numbers.tokens_per_frame + text_tokens
-    kv_cache = numbers.num_layers * 2 * numbers.num_kv_heads * numbers.head_dim * tokens * dtype_bytes
+    kv_cache = numbers.cache_layers * 2 * numbers.num_kv_heads * numbers.head_dim * tokens * dtype_bytes
     # Gate, up and activated MLP tensors plus a few copies of the hidden states live at once in one layer.
     activations = tokens * (3 * numbers.intermediate_size + 4 * numbers.hidden_size) * dtype_bytes
     if attn_implementation == "eager":

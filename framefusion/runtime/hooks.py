@@ -1,11 +1,15 @@
 """Runs FrameFusion inside a Hugging Face decoder stack.
 
-It replaces the `forward` of every decoder layer of a standard pre-norm stack (input_layernorm, self_attn,
-post_attention_layernorm, mlp) with one that can shorten the sequence before attention (layer 0) and between
-attention and MLP (every layer but the last), during prefill only. The text model hands every layer the same
-full-length rotary embeddings, mask and position ids; each layer takes the rows of the tokens still present.
-Decoding steps (the prompt is already in the cache) run the original layer, with any materialised mask cut to that
-layer's own, shorter cache.
+It replaces the `forward` of every decoder layer with one that can shorten the sequence before attention (layer 0)
+and between the token mixer and the feed-forward part (every layer but the last), during prefill only. The text model
+hands every layer the same full-length rotary embeddings, mask and position ids (and whatever else a family's layers
+take per token); each layer takes the rows of the tokens still present. A layer with no step after its attention runs
+as it is on those rows; one with a step runs in two halves around it (runtime/layers.py: standard pre-norm layers,
+hybrid ones whose token mixer is linear attention, or a family's own anatomy). Decoding steps (the prompt is already
+in the cache) run the original layer, with any materialised mask cut to that layer's own, shorter cache.
+
+Hybrid stacks: a merge step needs only hidden states and runs after any layer; the prune step needs a softmax
+attention over every token, so it waits for the nearest layer that has one (see PrefillReduction.step_after_attention).
 
 The layout of the prompt (which tokens are video, and their spatial position in the frame) is read by a pre-hook on
 the multimodal model's forward, which sees input_ids, from the model's family (framefusion/families/); a family
@@ -15,6 +19,7 @@ installs what else it needs through `Family.install(runtime)` (Qwen3-VL's DeepSt
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,6 +28,7 @@ from torch import nn
 
 from framefusion.runtime import transformers_compat as compat
 from framefusion.runtime.clock import Stopwatch
+from framefusion.runtime.layers import PreNormLayers
 from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats, PrefillReduction
 from framefusion.runtime.video_inputs import VideoInputs
 
@@ -31,7 +37,13 @@ if TYPE_CHECKING:
 
 
 def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as the Llama/Qwen families apply it. states [..., n, hd]; cos, sin [n, hd]."""
+    """Rotary embedding as the Llama/Qwen families apply it. states [..., n, hd]; cos, sin [n, rd].
+
+    rd < hd is partial rotation (Qwen3.5: a quarter of each head): the first rd dimensions rotate, the rest pass.
+    """
+    rotary = cos.shape[-1]
+    if rotary < states.shape[-1]:
+        return torch.cat((rotate(states[..., :rotary], cos, sin), states[..., rotary:]), dim=-1)
     half = states.shape[-1] // 2
     rotated_half = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
     return states * cos + rotated_half * sin
@@ -47,6 +59,10 @@ class _QueryKeyCapture:
     def __init__(self, attention: nn.Module, num_queries: int):
         self.num_queries = num_queries
         self.head_dim = attention.head_dim
+        # The attention's own softmax scale where it is not 1/sqrt(head_dim) (Gemma 4 normalises q and k instead).
+        default_scaling = 1.0 / math.sqrt(self.head_dim)
+        own_scaling = getattr(attention, "scaling", default_scaling)
+        self.scaling = default_scaling if math.isclose(own_scaling, default_scaling, rel_tol=1e-6) else float(own_scaling)
         self.queries: torch.Tensor | None = None
         self.keys: torch.Tensor | None = None
         # Families with q/k norms (Qwen3) normalise after the projection: hook the last module before rotation.
@@ -101,6 +117,9 @@ class FrameFusionRuntime:
         # Whether each prefill tracks which original positions every token averages (MergedRows): set by a family
         # that adds per-position features inside the stack (Qwen3-VL's DeepStack) in its install().
         self.track_merged_rows = False
+        # How a decoder layer runs in two halves around the step after its token mixer; a family whose layers are not
+        # standard pre-norm ones (Gemma 4) sets its own in install().
+        self.anatomy = PreNormLayers()
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []
         # (module, attribute, what the instance held before: _NOT_SET for nothing)
@@ -108,14 +127,13 @@ class FrameFusionRuntime:
 
     # --- install / remove --------------------------------------------------------------------------------------
     def install(self) -> None:
+        # The family first: it may give the layers' anatomy, which says whether FrameFusion can hook them.
+        self.family.install(self)
         for layer in self.layers:
-            missing = [name for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-                       if not hasattr(layer, name)]
-            if missing:
-                raise ValueError(
-                    f"{type(layer).__name__} is not a standard pre-norm decoder layer (no {', '.join(missing)}): "
-                    "FrameFusion cannot hook it"
-                )
+            problem = self.anatomy.problem(layer)
+            if problem is not None:
+                self.remove()
+                raise ValueError(f"{problem}: FrameFusion cannot hook it")
         for index, layer in enumerate(self.layers):
             # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
             # replace the inner one so its hooks stay in place.
@@ -131,7 +149,6 @@ class FrameFusionRuntime:
         if original_video_features is not None:
             self.replace_attribute(self.multimodal_model, compat.VIDEO_FEATURES_METHOD,
                                    self._capture_video_grid(original_video_features))
-        self.family.install(self)
 
     def replace_attribute(self, module: nn.Module, attribute: str, replacement: Callable) -> None:
         """Set an instance attribute, remembering what the instance held before; remove() puts it back."""
@@ -209,30 +226,42 @@ class FrameFusionRuntime:
     # --- the decoder layer ---------------------------------------------------------------------------------------
     def _make_layer_forward(self, original_forward: Callable, layer: nn.Module, index: int) -> Callable:
         runtime = self
+        # Names of the arguments a caller may pass by position (Gemma 4 passes per_layer_input second).
+        positional = [name for name, parameter in inspect.signature(original_forward).parameters.items()
+                      if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
 
         # The cache travels in kwargs under whatever name the installed transformers gives it (see transformers_compat):
         # passed on untouched, so we never hand a layer a deprecated keyword.
-        def forward(hidden_states: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,
-                    position_embeddings: Any = None, **kwargs: Any) -> torch.Tensor:
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            kwargs.update(zip(positional[1:], args))
             state = runtime._prefill
             if state is None:
-                attention_mask = _cut_mask_to_cache(
-                    attention_mask, compat.cache_from_kwargs(kwargs), index, hidden_states.shape[1]
+                kwargs["attention_mask"] = _cut_mask_to_cache(
+                    kwargs.get("attention_mask"), compat.cache_from_kwargs(kwargs), index, hidden_states.shape[1]
                 )
-                return original_forward(
-                    hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                    position_embeddings=position_embeddings, **kwargs,
-                )
-            return runtime._reducing_layer_forward(
-                layer, index, state, hidden_states, attention_mask, position_ids, position_embeddings, kwargs,
-            )
+                return original_forward(hidden_states, **kwargs)
+            return runtime._reducing_layer_forward(original_forward, layer, index, state, hidden_states, kwargs)
 
         return forward
 
-    def _reducing_layer_forward(self, layer: nn.Module, index: int, state: PrefillReduction,
-                                hidden_states: torch.Tensor, attention_mask: Any, position_ids: Any,
-                                position_embeddings: Any, kwargs: dict) -> torch.Tensor:
-        """The decoder layer with FrameFusion's steps; kwargs: the rest of the layer's arguments (cache, use_cache)."""
+    def _present_rows(self, state: PrefillReduction, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The layer's per-token arguments cut to the tokens still present (the text model passes them full length)."""
+        present = dict(arguments)
+        if "position_embeddings" in present:
+            present["position_embeddings"] = state.take_rows(present["position_embeddings"], 1)
+        if "attention_mask" in present:
+            present["attention_mask"] = state.take_mask(present["attention_mask"])
+        if "position_ids" in present:
+            present["position_ids"] = state.take_rows(present["position_ids"], -1)
+        for name in self.anatomy.per_token_arguments:
+            if name in present:
+                present[name] = state.take_rows(present[name], 1)
+        return present
+
+    def _reducing_layer_forward(self, original_forward: Callable, layer: nn.Module, index: int,
+                                state: PrefillReduction, hidden_states: torch.Tensor,
+                                arguments: dict[str, Any]) -> torch.Tensor:
+        """The decoder layer with FrameFusion's steps; arguments: the layer's other arguments (mask, positions, cache)."""
         clock = Stopwatch(hidden_states.device, enabled=state.measure)
         if index == 0 and self.settings.evs_pruning_rate > 0:
             with clock:
@@ -241,40 +270,31 @@ class FrameFusionRuntime:
             with clock:
                 hidden_states = state.merge_step(hidden_states, index, "before_attention")
         with clock:
-            position_embeddings = state.take_rows(position_embeddings, 1)
-            attention_mask = state.take_mask(attention_mask)
-            position_ids = state.take_rows(position_ids, -1)
-        capture = None
-        if state.wants_importance(index):
-            capture = _QueryKeyCapture(layer.self_attn, self.settings.importance_queries)
+            present = self._present_rows(state, arguments)
+        attention = self.anatomy.importance_attention(layer)
+        step = state.step_after_attention(index, rates_importance=attention is not None)
+        if step is None:
+            # No step after this layer's attention: the layer as it is, on the tokens present.
+            state.record_layer()
+            state.stats.overhead_seconds += clock.seconds
+            return original_forward(hidden_states, **present)
 
-        residual = hidden_states
-        hidden_states = layer.input_layernorm(hidden_states)
+        capture = _QueryKeyCapture(attention, self.settings.importance_queries) if step == "prune" else None
         try:
-            hidden_states, _ = layer.self_attn(
-                hidden_states=hidden_states, attention_mask=attention_mask, position_ids=position_ids,
-                position_embeddings=position_embeddings, **kwargs,
-            )
+            hidden_states = self.anatomy.attention_half(layer, hidden_states, present)
         finally:
             if capture is not None:
                 capture.close()
-        hidden_states = residual + hidden_states
         state.record_layer()
-
-        if index < self.num_layers - 1:
-            with clock:
-                if capture is not None:
-                    cos, sin = position_embeddings
-                    queries, keys = capture.rotated(cos, sin)
-                    scaling = 1.0 / math.sqrt(capture.head_dim)
-                    hidden_states = state.prune_step(hidden_states, index, queries, keys, scaling)
-                elif not state.merging_finished:
-                    hidden_states = state.merge_step(hidden_states, index, "after_attention")
-
-        residual = hidden_states
-        hidden_states = layer.post_attention_layernorm(hidden_states)
-        hidden_states = layer.mlp(hidden_states)
-        hidden_states = residual + hidden_states
+        with clock:
+            if capture is not None:
+                cos, sin = present["position_embeddings"]
+                queries, keys = capture.rotated(cos, sin)
+                hidden_states = state.prune_step(hidden_states, index, queries, keys, capture.scaling)
+            else:
+                hidden_states = state.merge_step(hidden_states, index, "after_attention")
+            present = self._present_rows(state, arguments)
+        hidden_states = self.anatomy.feed_forward_half(layer, hidden_states, present)
         state.stats.overhead_seconds += clock.seconds
         return hidden_states
 

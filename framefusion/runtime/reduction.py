@@ -183,13 +183,24 @@ class PrefillReduction:
         )
 
     # --- steps -------------------------------------------------------------------------------------------------
-    def wants_importance(self, layer: int) -> bool:
-        """Whether the step after this layer's attention is the prune step (it needs this layer's q and k)."""
-        if self.pruning_finished or layer >= self.num_layers - 1:
-            return False
+    def step_after_attention(self, layer: int, rates_importance: bool = True) -> str | None:
+        """The step on the residual stream after this layer's attention: "prune", "merge" or None.
+
+        rates_importance: whether this layer's attention can rate tokens (a softmax attention over every token). In a
+        hybrid stack (linear-attention or sliding-window layers between full-attention ones) the prune waits for the
+        nearest layer that can; each layer it waits through is counted in the budget as a step that removed nothing,
+        so the prune is sized for the layers that are really left. Called once per layer of a reducing prefill.
+        """
+        if layer >= self.num_layers - 1 or (self.merging_finished and self.pruning_finished):
+            return None
         if not self.settings.merge:
-            return layer == self.settings.dense_layers - 1
-        return self.merging_finished
+            return "prune" if rates_importance and layer >= self.settings.dense_layers - 1 else None
+        if not self.merging_finished:
+            return "merge"
+        if rates_importance:
+            return "prune"
+        self.sparsities.append(0.0)  # a layer that waits for the prune, at the token count merging left
+        return None
 
     def evs_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """EVS before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
@@ -225,7 +236,8 @@ class PrefillReduction:
         self, hidden_states: torch.Tensor, layer: int, queries: torch.Tensor, keys: torch.Tensor, scaling: float
     ) -> torch.Tensor:
         """Prune by the attention of the last queries. queries [H, q, hd], keys [H, L, hd], rotated."""
-        sparsities = self.sparsities if self.settings.merge else [0.0] * self.settings.dense_layers
+        # Prune-only: every layer up to this one saw all video tokens (dense_layers of them in a standard stack).
+        sparsities = self.sparsities if self.settings.merge else [0.0] * (layer + 1)
         sparsity = core.required_sparsity(sparsities, self.num_layers, self.settings.cost)
         importance = core.last_query_importance(queries, keys, scaling)
         keep = core.prune_keep_mask(importance, self.patch_types, sparsity)

@@ -32,6 +32,11 @@ ROPE_INDEX_METHOD = "get_rope_index"  # Qwen2-VL-style 3D rotary positions, comp
 ROPE_DELTAS_ATTRIBUTE = "rope_deltas"  # ... and the offset they leave for decoding, cached on the inner model
 VIDEO_FEATURES_METHOD = "get_video_features"
 DEEPSTACK_METHOD = "_deepstack_process"  # Qwen3-VL's text model adding visual features to early layers' outputs
+# A decoder layer's token mixer: softmax attention (with q/k projections or norms, `head_dim`, a KV cache), or in a
+# hybrid stack (Qwen3.5) a linear-attention layer called as mixer(hidden_states=, attention_mask=, <cache>=, ...)
+# whose cache layer holds a convolution window and a recurrent state and counts the tokens it has seen.
+ATTENTION_MODULE = "self_attn"
+LINEAR_ATTENTION_MODULE = "linear_attn"
 # Hub kernels: from 5.25 on, from_pretrained "kernelizes" every model (replaces layer forwards with kernels fetched
 # from the hub) unless `use_kernels=False` is passed or USE_HUB_KERNELS says no; before 5.25 it was opt-in.
 HUB_KERNELS_KEYWORD = "use_kernels"

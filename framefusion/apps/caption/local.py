@@ -32,6 +32,7 @@ from framefusion.apps.caption.records import (
     flatten_record,
     is_caption,
     resolve_format,
+    tokens_saved,
     settings_key,
 )
 from framefusion.apps.caption.folder import VIDEO_EXTENSIONS, FolderListing, check_folder, find_videos
@@ -122,14 +123,6 @@ def error_record(video: str, settings: CaptionSettings, message: str, versions: 
         "versions": versions,
         "worker": worker,
     }
-
-
-def tokens_saved(record: dict[str, Any]) -> int:
-    """Tokens FrameFusion removed from this video's prompt by the last layer (0 for error records)."""
-    tokens = record.get("tokens") or {}
-    if not tokens:
-        return 0
-    return max(0, int(tokens.get("prompt", 0)) - int(tokens.get("final", 0)))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -380,29 +373,8 @@ def _caption_prepared(qa: Any, video: str, path: str, settings: CaptionSettings,
 
 
 __all__ = [
-    "CSV_COLUMNS",
-    "DEFAULT_PROMPT",
-    "FORMATS",
-    "LOCAL_WORKER",
-    "VIDEO_EXTENSIONS",
-    "CaptionEvents",
-    "CaptionFile",
-    "CaptionRun",
-    "CaptionSettings",
-    "CaptionSummary",
-    "DecodeTimeout",
-    "DecodeWorker",
-    "FolderListing",
-    "caption_one_video",
-    "caption_record",
-    "check_folder",
-    "check_output_path",
-    "complete_prefix_length",
-    "decode_video",
-    "error_record",
-    "find_videos",
-    "flatten_record",
-    "is_caption",
-    "resolve_format",
-    "settings_key",
+    "CSV_COLUMNS", "DEFAULT_PROMPT", "FORMATS", "LOCAL_WORKER", "VIDEO_EXTENSIONS", "CaptionEvents", "CaptionFile",
+    "CaptionRun", "CaptionSettings", "CaptionSummary", "DecodeTimeout", "DecodeWorker", "FolderListing",
+    "caption_one_video", "caption_record", "check_folder", "check_output_path", "complete_prefix_length",
+    "decode_video", "error_record", "find_videos", "flatten_record", "is_caption", "resolve_format", "settings_key",
 ]

@@ -60,6 +60,14 @@ def is_caption(record: dict[str, Any]) -> bool:
     return not record.get("error") and record.get("caption") is not None
 
 
+def tokens_saved(record: dict[str, Any]) -> int:
+    """Tokens FrameFusion removed from this video's prompt by the last layer (0 for error records)."""
+    tokens = record.get("tokens") or {}
+    if not tokens:
+        return 0
+    return max(0, int(tokens.get("prompt", 0)) - int(tokens.get("final", 0)))
+
+
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record as one CSV row: token and timing summaries as columns, per-layer lists left out."""
     row = {name: record.get(name) for name in _RECORD_COLUMNS + ("worker", "unreadable")}
