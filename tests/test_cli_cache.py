@@ -72,6 +72,8 @@ def test_cache_info_and_clear(tmp_path):
     ask(video, model="random:tiny-llava-onevision")
     info = json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)
     assert info["entries"] == 2 and info["bytes"] > 0 and info["folder"] == os.environ["FRAMEFUSION_FEATURE_CACHE"]
+    human = " ".join(runner.invoke(app, ["cache", "info"], env={"COLUMNS": "200"}).stdout.split())
+    assert human.startswith(f"2 entries, {info['bytes'] / 1e6:.1f} MB of ") and info["folder"] in human
     cleared = runner.invoke(app, ["cache", "clear", "--model", "random:tiny-qwen2-vl"])
     assert cleared.exit_code == 0 and "removed 1 entry" in cleared.stdout
     assert runner.invoke(app, ["cache", "clear", "--older-than", "1h"]).stdout.strip() == "removed 0 entries"
