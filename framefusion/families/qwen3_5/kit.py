@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from framefusion.families.kit import TINY_PATCH_SIZE, TINY_TEXT_DIMS, FamilyKit
+from framefusion.families.kit import TINY_TEXT_DIMS, FamilyKit
 
 # The published models make every fourth layer full attention (layer_types, "full_attention_interval": 4).
 FULL_ATTENTION_INTERVAL = 4
@@ -23,6 +23,7 @@ def qwen3_5_kit() -> FamilyKit:
     from framefusion.families.qwen3_vl import qwen3_vl_kit
 
     def tiny_config(num_hidden_layers: int) -> dict:
+        qwen3_vl_vision = qwen3_vl_kit().tiny_config(num_hidden_layers)["vision_config"]
         # Half of each 16-wide head rotates (the real models: a quarter of 256): 4 frequencies, split into temporal,
         # height and width sections and interleaved as the real [11, 11, 10].
         rope = {"rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": 0.5,
@@ -42,17 +43,9 @@ def qwen3_5_kit() -> FamilyKit:
                 "linear_conv_kernel_dim": 4,
                 "rope_parameters": rope,
             },
-            "vision_config": {
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
-                "out_hidden_size": TINY_TEXT_DIMS["hidden_size"],
-                "patch_size": TINY_PATCH_SIZE,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "num_position_embeddings": 64,  # an 8x8 grid, interpolated to each frame's size
-            },
+            # Qwen3-VL's tiny vision tower, without DeepStack (Qwen3.5 has none).
+            "vision_config": {key: value for key, value in qwen3_vl_vision.items()
+                              if key != "deepstack_visual_indexes"},
         }
 
     return replace(qwen3_vl_kit(), name="qwen3.5", model_class="Qwen3_5ForConditionalGeneration",
