@@ -2,4 +2,6 @@
 
 One module per method, with look-alike interfaces: `framefusion` (FrameFusion's merge and prune inside the LLM),
 `evs` (Efficient Video Sampling before the LLM), `frame_dedup` (repeated frames before the vision encoder).
+`vidcom2`: VidCom2's selection of video tokens before the LLM, as vLLM ships it (the same interface as `evs`).
+`fastvid`: FastVID's segmentation, salient tokens and anchor merging before the LLM, as its official code runs them.
 """
