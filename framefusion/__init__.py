@@ -24,6 +24,11 @@ _EXPORTS = {
     "restore_reference_positions": "framefusion.families",
     "FrameFusionStats": "framefusion.runtime.reduction",
     "ReductionStep": "framefusion.runtime.reduction",
+    "InnerMerge": "framefusion.runtime.reduction",
+    "EVS": "framefusion.runtime.before_llm",
+    "VidCom2": "framefusion.runtime.before_llm",
+    "FastVID": "framefusion.runtime.before_llm",
+    "HoliTom": "framefusion.runtime.before_llm",
 }
 
 __all__ = ["__version__", *_EXPORTS]

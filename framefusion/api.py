@@ -8,7 +8,8 @@ from torch import nn
 
 from framefusion.runtime import transformers_compat as compat
 from framefusion.families import Family, family_for
-from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats
+from framefusion.runtime.before_llm import EVS, METHODS, BeforeLLM
+from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats, InnerMerge
 from framefusion.runtime.hooks import FrameFusionRuntime
 
 _ATTRIBUTE = "_framefusion_handle"
@@ -64,6 +65,8 @@ def apply_framefusion(
     dense_layers: int = 2,
     reference_positions: bool = True,
     evs_pruning_rate: float = 0.0,
+    before_llm: BeforeLLM | None = None,
+    inner_merge: InnerMerge | None = None,
 ) -> FrameFusionHandle:
     """Install FrameFusion on a Hugging Face video model; use the model as usual afterwards.
 
@@ -75,7 +78,12 @@ def apply_framefusion(
         for the same cost).
     evs_pruning_rate: before the LLM, drop this fraction of the video tokens by Efficient Video Sampling (the tokens
         least changed since the previous frame; the first frame stays), keeping every token's position; in [0, 1).
-        With merge and prune off, EVS alone runs.
+        With merge and prune off, EVS alone runs. Shorthand for before_llm=EVS(evs_pruning_rate).
+    before_llm: a reduction between the vision encoder and the LLM, which keeps every token's position:
+        framefusion.EVS, VidCom2, FastVID or HoliTom (docs/methods.md); FrameFusion's budget then applies to what it
+        kept. With merge and prune off, it alone runs.
+    inner_merge: framefusion.InnerMerge, HoliTom's and EarlyTom's merge inside the LLM, instead of FrameFusion's
+        steps (pass merge=False, prune=False with it).
     reference_positions: where the family's reference code places rotary positions differently from transformers
         (Qwen2-VL / Qwen2.5-VL), use the reference positions (see docs/positions.md).
     Applying again replaces the earlier settings; remove_framefusion(model) restores the model exactly.
@@ -86,8 +94,20 @@ def apply_framefusion(
         _check_number("similarity_lower_bound", similarity_lower_bound, low=-1.0, high=1.0)
     _check_number("ratio_lower_bound", ratio_lower_bound, low=0.0, high=1.0, low_inclusive=False)
     _check_number("evs_pruning_rate", evs_pruning_rate, low=0.0, high=1.0, high_inclusive=False)
-    if not (merge or prune or evs_pruning_rate > 0):
-        raise ValueError("merge, prune and EVS are all off: nothing would be reduced; use the model without FrameFusion")
+    if evs_pruning_rate > 0:
+        if before_llm is not None:
+            raise ValueError("evs_pruning_rate and before_llm both choose the reduction before the LLM; pass one")
+        before_llm = EVS(evs_pruning_rate)
+    if before_llm is not None and not isinstance(before_llm, tuple(METHODS.values())):
+        raise ValueError(f"before_llm must be one of framefusion.{', framefusion.'.join(m.__name__ for m in METHODS.values())}"
+                         f", got {before_llm!r}")
+    if inner_merge is not None:
+        if not isinstance(inner_merge, InnerMerge):
+            raise ValueError(f"inner_merge must be a framefusion.InnerMerge, got {inner_merge!r}")
+        if merge or prune:
+            raise ValueError("inner_merge replaces FrameFusion's steps inside the LLM: pass merge=False, prune=False")
+    if not (merge or prune or before_llm is not None or inner_merge is not None):
+        raise ValueError("every reduction is off: nothing would be reduced; use the model without FrameFusion")
     if not merge and (isinstance(dense_layers, bool) or not isinstance(dense_layers, int) or dense_layers < 1):
         raise ValueError(f"dense_layers must be a whole number >= 1, got {dense_layers!r}")
     attention = compat.attention_implementation(model.config)
@@ -113,7 +133,8 @@ def apply_framefusion(
         prune=prune,
         dense_layers=dense_layers,
         importance_queries=family.importance_queries,
-        evs_pruning_rate=float(evs_pruning_rate),
+        before_llm=None if before_llm is None else before_llm.resolved(family),
+        inner_merge=None if inner_merge is None else inner_merge.resolved(num_layers),
     )
     runtime = FrameFusionRuntime(model, family, settings)
     runtime.install()

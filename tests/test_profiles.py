@@ -12,7 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from framefusion import EVS, FastVID, HoliTom, InnerMerge, VidCom2
 from framefusion.errors import InputError, ProfileError
+from framefusion.profiles.stages import STAGE_DEFAULTS
 from framefusion.profiles.file import MAX_FILE_BYTES, METHODS
 from framefusion.profiles.catalog import (
     Profile,
@@ -57,15 +59,16 @@ def profile_error(tmp_path: Path, text: str) -> str:
 def test_builtins_have_the_documented_settings():
     profiles = load_profiles()
     assert list(profiles) == ["baseline", "dedup", "evs", "framefusion", "framefusion-fast", "merge-only",
-                              "prune-only", "evs-framefusion"]
+                              "prune-only", "evs-framefusion", "vidcom2", "vidcom2-framefusion", "fastvid",
+                              "fastvid-framefusion", "holitom", "holitom-outer", "holitom-framefusion"]
     assert all(p.source == "built-in" and p.description for p in profiles.values())
     # Stages outside the LLM: frame-dedup changes nothing the LLM sees, EVS runs in the runtime before layer 0.
     assert profiles["dedup"].reduction_kwargs() is None and profiles["dedup"].max_difference == 0
-    assert profiles["evs"].reduction_kwargs() == {"merge": False, "prune": False, "evs_pruning_rate": 0.75}
+    assert profiles["evs"].reduction_kwargs() == {"merge": False, "prune": False, "before_llm": EVS(0.75)}
     assert [stage["kind"] for stage in profiles["evs-framefusion"].stages()] == ["frame-dedup", "evs", "framefusion"]
     assert profiles["evs-framefusion"].reduction_kwargs() == {
         "cost": 0.3, "similarity_lower_bound": None, "ratio_lower_bound": 0.1, "merge": True, "prune": True,
-        "evs_pruning_rate": 0.5,
+        "before_llm": EVS(0.5),
     }
     assert profiles["framefusion"].max_difference == 0  # exact dedup: lossless, so the default profile has it
 
@@ -484,25 +487,53 @@ STAGED = """profiles:
 """
 
 
+def test_the_published_methods_profiles_give_the_librarys_objects():
+    profiles = load_profiles()
+    assert profiles["vidcom2"].reduction_kwargs() == {"merge": False, "prune": False, "before_llm": VidCom2(0.75)}
+    assert profiles["fastvid"].reduction_kwargs()["before_llm"] == FastVID()  # the family's variant and share
+    assert profiles["holitom"].reduction_kwargs() == {"merge": False, "prune": False,
+                                                      "before_llm": HoliTom(retain_ratio=0.10, tau=0.65),
+                                                      "inner_merge": InnerMerge(layer=None, ratio=0.5)}
+    assert "inner_merge" not in profiles["holitom-outer"].reduction_kwargs()
+    for name in ("vidcom2-framefusion", "fastvid-framefusion", "holitom-framefusion"):
+        kwargs = profiles[name].reduction_kwargs()
+        assert kwargs["merge"] and kwargs["prune"] and kwargs["before_llm"].kind == name.split("-")[0]
+    assert [stage["kind"] for stage in profiles["holitom"].stages()] == ["holitom", "inner-merge"]
+
+
+def test_stage_defaults_are_the_librarys_defaults():
+    for kind, method in [("evs", EVS), ("vidcom2", VidCom2), ("fastvid", FastVID), ("holitom", HoliTom),
+                         ("inner-merge", InnerMerge)]:
+        library = {field.name: field.default for field in dataclasses.fields(method)}
+        assert {key: library[key] for key in STAGE_DEFAULTS[kind]} == STAGE_DEFAULTS[kind], kind
+
+
 def test_a_staged_profile_loads_and_round_trips(tmp_path):
     path = write(tmp_path / "staged.yaml", STAGED)
     profile = get_profile("staged", path)
-    assert (profile.max_difference, profile.evs_pruning_rate, profile.method, profile.cost) == (2.5, 0.6, "merge-only",
-                                                                                                 0.4)
+    assert (profile.max_difference, profile.before_llm, profile.method, profile.cost) == (
+        2.5, {"kind": "evs", "pruning_rate": 0.6, "per_video": False}, "merge-only", 0.4)
     assert profile.reduction_kwargs() == {"cost": 0.4, "similarity_lower_bound": None, "ratio_lower_bound": 0.1,
-                                          "merge": True, "prune": False, "evs_pruning_rate": 0.6}
+                                          "merge": True, "prune": False, "before_llm": EVS(0.6)}
     again = write(tmp_path / "again.yaml", yaml.safe_dump(
         {"profiles": {"staged": {"description": "again", **profile.file_settings()}}}))
     assert get_profile("staged", again).stages() == profile.stages()
 
 
 @pytest.mark.parametrize("stages, expected", [
+    ("[{kind: evs}, {kind: vidcom2}]", "a profile has one stage before the LLM and evs is already there"),
+    ("[{kind: framefusion}, {kind: inner-merge}]", "one stage inside the LLM and framefusion is already there"),
+    ("[{kind: inner-merge}, {kind: holitom}]", "(holitom) cannot come after inner-merge"),
+    ("[{kind: fastvid, variant: fast}]", "must be one of parallel, segmentwise or null"),
+    ("[{kind: holitom, tau: 2}]", "must be a cosine similarity in [-1, 1]"),
+    ("[{kind: inner-merge, layer: 0}]", "must be a decoder layer number >= 1"),
+    ("[{kind: evs, per_video: 1}]", "must be true (budget each video on its own)"),
     ("[{kind: blur}]", "unknown kind 'blur'"),
     ("[{kind: evs, pruning_rate: 1}]", "0 <= pruning_rate < 1"),
     ("[{kind: evs, pruning_rate: -0.1}]", "0 <= pruning_rate < 1"),
     ("[{kind: framefusion}, {kind: evs}]", "cannot come after framefusion"),
     ("[{kind: evs}, {kind: frame-dedup}]", "cannot come after evs"),
-    ("[{kind: evs}, {kind: evs}]", "cannot come after evs"),
+    ("[{kind: evs}, {kind: evs}]", "a profile has one stage before the LLM and evs is already there"),
     ("[{kind: frame-dedup, max_difference: 300}]", "[0, 255]"),
     ("[{kind: evs, rate: 0.5}]", "unknown setting for evs"),
     ("[{kind: framefusion, cost: 2}]", "0 < cost <= 1"),

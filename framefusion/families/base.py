@@ -67,6 +67,9 @@ class Family:
     shape_names: tuple[str, ...] = ()
     # True for a family that is registered only to refuse its models with the reason (see refuse()).
     refuses: bool = False
+    # The FastVID implementation measured on this family's models ("parallel": LLaVA, "segmentwise": Qwen-VL); None:
+    # FastVID was not measured on it and is refused (runtime/before_llm.py).
+    fastvid_variant: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -41,6 +41,7 @@ class LlavaNextVideo(Family):
     model_types = ("llava_next_video",)
     rank = 50
     default_similarity_lower_bound = 0.6
+    fastvid_variant = "parallel"
     similarity_source = "FrameFusion authors' LLaVA-Video example (LLaVA-style)"
     importance_queries = 1
     aliases = MappingProxyType({"llava-next-video-7b": "llava-hf/LLaVA-NeXT-Video-7B-hf"})

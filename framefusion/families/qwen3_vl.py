@@ -34,6 +34,7 @@ class Qwen3VL(Family):
     model_types = ("qwen3_vl",)
     rank = 40
     default_similarity_lower_bound = 0.5
+    fastvid_variant = "segmentwise"
     similarity_source = "FrameFusion authors' Qwen2-VL example (same family)"
     importance_queries = 4  # as the official Qwen2-VL adapter, for every Qwen-VL family
     # The processor pairs frames into temporal patches (and repeats the last frame of an odd count), as Qwen2-VL's.

@@ -10,6 +10,7 @@ order; so does `reduce`: seed torch for a reproducible result.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,57 @@ def reduce(features: torch.Tensor, attention: torch.Tensor, *, retain_ratio: flo
     if layout == "grid" and grid * grid != per_frame:
         raise InputError(f"the grid layout needs square frames; a frame has {per_frame} tokens",
                          setting="layout", value=layout)
+    pieces = []
+    for window in _windows(features, attention, retain_ratio=retain_ratio, tau=tau, max_window=max_window,
+                           beta=beta, knn=knn):
+        if layout == "one_token":
+            pieces += [window.static_tokens, window.kept.flatten(0, 1)]
+            continue
+        pieces.append(with_row_newlines(torch.cat([window.static_tokens, window.kept[0]]),
+                                        torch.cat([window.static_positions, window.kept_positions[0]]), grid, newline))
+        pieces += [with_row_newlines(tokens, where, grid, newline)
+                   for tokens, where in zip(window.kept[1:], window.kept_positions[1:])]
+    if layout == "one_token":
+        pieces.append(newline[None].to(features.device, features.dtype))
+    return torch.cat(pieces)
+
+
+def reduce_in_place(features: torch.Tensor, attention: torch.Tensor, *, retain_ratio: float, tau: float,
+                    max_window: int = 1024, beta: float = 0.6, knn: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outer step of `reduce` with every token at a place in the input instead of the official layout.
+
+    features [T, S, C], attention [T, S]. Returns (tokens [K, C], kept [K]: ascending flat indices t * S + s): a
+    dynamic token stays where it was; a static cluster sits at its peak's position in its window's first frame.
+    The same tokens as `reduce` without newlines, in input order (for a model that keeps each token's position).
+    """
+    frames, per_frame, _ = features.shape
+    tokens, kept = [], []
+    for window in _windows(features, attention, retain_ratio=retain_ratio, tau=tau, max_window=max_window,
+                           beta=beta, knn=knn):
+        tokens += [window.static_tokens, window.kept.flatten(0, 1)]
+        frame_starts = (torch.arange(window.kept.shape[0], device=features.device) + window.start) * per_frame
+        kept += [window.static_positions + window.start * per_frame,
+                 (window.kept_positions + frame_starts[:, None]).flatten()]
+    if not tokens:
+        return features.new_zeros(0, features.shape[-1]), torch.zeros(0, dtype=torch.long, device=features.device)
+    kept_indices = torch.cat(kept)
+    order = torch.argsort(kept_indices)
+    return torch.cat(tokens)[order], kept_indices[order]
+
+
+@dataclass
+class _Window:
+    start: int
+    static_tokens: torch.Tensor  # [n_static, C]: the clustered static tokens
+    static_positions: torch.Tensor  # [n_static]: their peaks' positions in the frame
+    kept: torch.Tensor  # [frames of the window, n_dynamic, C]: each frame's most attended dynamic tokens
+    kept_positions: torch.Tensor  # [frames of the window, n_dynamic]
+
+
+def _windows(features: torch.Tensor, attention: torch.Tensor, *, retain_ratio: float, tau: float, max_window: int,
+             beta: float, knn: int) -> list[_Window]:
+    """The outer step window by window (see `reduce`)."""
+    frames, per_frame, _ = features.shape
     unit = F.normalize(features, p=2, dim=-1)
     similarity = F.cosine_similarity(unit[:-1], unit[1:], dim=-1)
     windows, reduced = static_windows(similarity, tau, max_window)
@@ -137,7 +189,7 @@ def reduce(features: torch.Tensor, attention: torch.Tensor, *, retain_ratio: flo
     # Raise the ratio so that the budget counts the tokens the static folding already removed.
     ratio = min(retain_ratio / ((total - reduced) / total), 1)
     positions = torch.arange(per_frame, device=features.device)
-    pieces = []
+    windows_out = []
     for start, end in windows:
         window = features[start:end + 1]
         if start == end:
@@ -154,13 +206,5 @@ def reduce(features: torch.Tensor, attention: torch.Tensor, *, retain_ratio: flo
             static_positions = static_positions[peaks]
         else:
             static_tokens, static_positions = static_tokens[:0], static_positions[:0]
-        if layout == "one_token":
-            pieces += [static_tokens, kept.flatten(0, 1)]
-            continue
-        pieces.append(with_row_newlines(torch.cat([static_tokens, kept[0]]),
-                                        torch.cat([static_positions, kept_positions[0]]), grid, newline))
-        pieces += [with_row_newlines(tokens, where, grid, newline)
-                   for tokens, where in zip(kept[1:], kept_positions[1:])]
-    if layout == "one_token":
-        pieces.append(newline[None].to(features.device, features.dtype))
-    return torch.cat(pieces)
+        windows_out.append(_Window(start, static_tokens, static_positions, kept, kept_positions))
+    return windows_out

@@ -126,10 +126,12 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
     from framefusion.video.sampling import resolve_time_span
 
     profile = get_profile(settings.profile, settings.profiles_file)
-    for name in extra_profiles:
-        get_profile(name, settings.profiles_file)
+    others = [get_profile(name, settings.profiles_file) for name in extra_profiles]
     spec = parse_model_spec(settings.model)
-    check_frame_count(getattr(spec, "family", None), settings.frame_count)
+    family = getattr(spec, "family", None)
+    check_frame_count(family, settings.frame_count)
+    for each in (profile, *others):
+        check_profile_fits(family, each)
     infos = []
     for video in videos:
         info = probe_video(video)
@@ -137,6 +139,21 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
         resolve_time_span(settings.start, settings.end, info.duration)  # a start at or past the video's end
         infos.append(info)
     return CheckedRun(settings, profile, tuple(infos))
+
+
+def check_profile_fits(family_name: str | None, profile: Profile) -> None:
+    """Refuse, before loading, a profile whose stage the family called `family_name` cannot run (FastVID where it was
+    not measured); None or an unknown name: checked once the model is loaded."""
+    from framefusion.families import registered_families
+
+    kwargs = profile.reduction_kwargs() or {}
+    family = next((family for family in registered_families() if family.name == family_name), None)
+    if family is None or kwargs.get("before_llm") is None:
+        return
+    try:
+        kwargs["before_llm"].resolved(family)
+    except ValueError as error:
+        raise InputError(str(error), setting="profile", value=profile.name) from error
 
 
 def open_run(checked: CheckedRun) -> Any:

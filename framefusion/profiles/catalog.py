@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,36 +46,49 @@ class Profile:
     ratio_lower_bound: float | None
     dense_layers: int | None
     source: str
-    # Stages outside the LLM (None: not in this profile): frame-dedup's max RGB difference, EVS's pruning rate.
+    # Stages outside FrameFusion (None: not in this profile): frame-dedup's max RGB difference; the stage before the
+    # LLM and the inner merge, each its mapping as a profiles file spells it with every setting ({"kind": "vidcom2",
+    # "pruning_rate": 0.75}).
     max_difference: float | None = None
-    evs_pruning_rate: float | None = None
+    before_llm: Mapping[str, Any] | None = None
+    inner_merge: Mapping[str, Any] | None = None
     # frame-dedup's test, "exact" or "noise-aware" (framefusion.methods.frame_dedup), and the noise-aware test's
     # sensitivity (None in exact mode).
     dedup_mode: str | None = None
     dedup_sensitivity: float | None = None
 
     def reduction_kwargs(self) -> dict | None:
-        """Keyword arguments for `apply_framefusion(model, **kwargs)` (the stages before and inside the LLM); None
+        """Keyword arguments for `apply_framefusion(model, **kwargs)` (the stages before and inside the LLM, as the
+        library's objects); None
         when nothing there is reduced (frame-dedup, before the vision encoder, changes nothing the LLM sees)."""
-        if self.method == "none" and self.evs_pruning_rate is None:
+        if self.method == "none" and self.before_llm is None and self.inner_merge is None:
             return None
+        from framefusion.runtime.before_llm import METHODS
+        from framefusion.runtime.reduction import InnerMerge
+
         kwargs = {key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}
         kwargs["merge"] = self.method in ("framefusion", "merge-only")
         kwargs["prune"] = self.method in ("framefusion", "prune-only")
-        if self.evs_pruning_rate is not None:
-            kwargs["evs_pruning_rate"] = self.evs_pruning_rate
+        if self.before_llm is not None:
+            settings = {key: value for key, value in self.before_llm.items() if key != "kind"}
+            kwargs["before_llm"] = METHODS[self.before_llm["kind"]](**settings)
+        if self.inner_merge is not None:
+            kwargs["inner_merge"] = InnerMerge(layer=self.inner_merge["layer"], ratio=self.inner_merge["ratio"])
         return kwargs
+
 
     def stages(self) -> list[dict]:
         """The profile as its ordered stages, each a mapping as a profiles file spells it."""
         stages = []
         if self.max_difference is not None:
             stages.append(self._frame_dedup_stage())
-        if self.evs_pruning_rate is not None:
-            stages.append({"kind": "evs", "pruning_rate": self.evs_pruning_rate})
+        if self.before_llm is not None:
+            stages.append(dict(self.before_llm))
         if self.method != "none":
             stages.append({"kind": "framefusion", "method": self.method,
                            **{key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}})
+        if self.inner_merge is not None:
+            stages.append(dict(self.inner_merge))
         return stages
 
     def _frame_dedup_stage(self) -> dict:
@@ -94,7 +109,7 @@ class Profile:
         """The method and the settings that apply to it, plus the stages when the profile has any outside the LLM
         (for listings and JSON reports)."""
         settings = {"method": self.method, **{key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}}
-        if self.max_difference is not None or self.evs_pruning_rate is not None:
+        if self.max_difference is not None or self.before_llm is not None or self.inner_merge is not None:
             settings["stages"] = self.stages()
         return settings
 

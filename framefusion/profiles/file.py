@@ -297,8 +297,8 @@ def check_profile_name(name: object, source: str, line: int | None = None) -> st
 
 def _profile_settings(name: str, settings: object, source: str, line: int | None) -> dict[str, Any]:
     """One profile's validated settings: every key of PROFILE_KEYS but `stages`, None for those its method does not
-    take, plus the stages outside the LLM: `max_difference`, `dedup_mode`, `dedup_sensitivity` and `evs_pruning_rate`
-    (None: no frame-dedup / EVS stage)."""
+    take, plus the other stages: `max_difference`, `dedup_mode`, `dedup_sensitivity` (None: no frame-dedup stage),
+    `before_llm` and `inner_merge` (the stage's mapping; None: none)."""
     if not isinstance(settings, dict):
         raise file_error(source, f"must be a mapping of settings (description, method, ...), got {_describe(settings)}",
                          line=line, profile=name)
@@ -318,7 +318,7 @@ def _profile_settings(name: str, settings: object, source: str, line: int | None
     if "stages" not in flat:
         values = _method_settings(name, settings, source, line)
         return {"description": description, **values, "max_difference": None, "dedup_mode": None,
-                "dedup_sensitivity": None, "evs_pruning_rate": None}
+                "dedup_sensitivity": None, "before_llm": None, "inner_merge": None}
     if len(flat) > 1:
         other = next(key for key in flat if key != "stages")
         raise file_error(source, "goes inside the framefusion stage when a profile lists stages",

@@ -11,8 +11,9 @@
         method: framefusion      # framefusion | merge-only | prune-only, with that method's settings
         cost: 0.3
 
-Stages run in the pipeline's order (frame-dedup, evs, framefusion), each at most once. The flat form of older
-profiles (`method:` and its settings at the top) is one `framefusion` stage, or none for `method: none`.
+Stages run in the pipeline's order: frame-dedup; one stage between the vision encoder and the LLM (evs, vidcom2,
+fastvid or holitom); one inside the LLM (framefusion or inner-merge). The flat form of older profiles (`method:` and
+its settings at the top) is one `framefusion` stage, or none for `method: none`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ from typing import Any, Callable
 
 from framefusion.methods import frame_dedup
 
-# Kinds in the only order they can run: the pipeline meets them in this order.
-STAGE_KINDS = ("frame-dedup", "evs", "framefusion")
+# Where each kind acts, in the order the pipeline meets those places; a profile has at most one stage in each.
+PLACES = {"before the vision encoder": ("frame-dedup",),
+          "before the LLM": ("evs", "vidcom2", "fastvid", "holitom"),
+          "inside the LLM": ("framefusion", "inner-merge")}
+STAGE_KINDS = tuple(kind for kinds in PLACES.values() for kind in kinds)
+BEFORE_LLM_KINDS = PLACES["before the LLM"]
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "frame-dedup": {"mode": frame_dedup.DEFAULT_MODE, "max_difference": frame_dedup.DEFAULT_MAX_DIFFERENCE,
                     "sensitivity": frame_dedup.DEFAULT_SENSITIVITY},
-    "evs": {"pruning_rate": 0.75},
+    # The same defaults as framefusion.EVS, VidCom2, FastVID, HoliTom and InnerMerge (tests/test_profiles.py).
+    "evs": {"pruning_rate": 0.75, "per_video": False},
+    "vidcom2": {"pruning_rate": 0.75},
+    "fastvid": {"retain_ratio": None, "variant": None},
+    "holitom": {"retain_ratio": 0.10, "tau": 0.65},
+    "inner-merge": {"layer": None, "ratio": 0.5},
 }
+FASTVID_VARIANTS = ("parallel", "segmentwise")
 
 
 class StageError(Exception):
@@ -68,23 +79,73 @@ def _pruning_rate(value: object, number: Callable[[object], float]) -> float:
     return rate
 
 
-_STAGE_VALIDATORS = {"frame-dedup": {"mode": _mode, "max_difference": _max_difference, "sensitivity": _sensitivity},
-                     "evs": {"pruning_rate": _pruning_rate}}
+def _share(key: str, meaning: str, *, optional: bool = False) -> Callable:
+    def check(value: object, number: Callable[[object], float]) -> float | None:
+        if value is None and optional:
+            return None
+        share = number(value)
+        if not 0 <= share <= 1:
+            raise StageError(f"must be in [0, 1] ({meaning}), got {value!r}", key)
+        return share
+    return check
+
+
+def _per_video(value: object, number: Callable[[object], float]) -> bool:
+    if not isinstance(value, bool):
+        raise StageError(f"must be true (budget each video on its own) or false (the prompt's videos together), "
+                         f"got {value!r}", "per_video")
+    return value
+
+
+def _variant(value: object, number: Callable[[object], float]) -> str | None:
+    if value is not None and value not in FASTVID_VARIANTS:
+        raise StageError(f"must be one of {', '.join(FASTVID_VARIANTS)} or null (the one measured on the model's "
+                         f"family), got {value!r}", "variant")
+    return value
+
+
+def _cosine(value: object, number: Callable[[object], float]) -> float:
+    cosine = number(value)
+    if not -1 <= cosine <= 1:
+        raise StageError(f"must be a cosine similarity in [-1, 1], got {value!r}", "tau")
+    return cosine
+
+
+def _layer(value: object, number: Callable[[object], float]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StageError(f"must be a decoder layer number >= 1, or null (layer 18 of 28 scaled to the model's depth), "
+                         f"got {value!r}", "layer")
+    return value
+
+
+_STAGE_VALIDATORS = {
+    "frame-dedup": {"mode": _mode, "max_difference": _max_difference, "sensitivity": _sensitivity},
+    "evs": {"pruning_rate": _pruning_rate, "per_video": _per_video},
+    "vidcom2": {"pruning_rate": _pruning_rate},
+    "fastvid": {"retain_ratio": _share("retain_ratio", "the share of each frame's tokens kept", optional=True),
+                "variant": _variant},
+    "holitom": {"retain_ratio": _share("retain_ratio", "the share of the video tokens kept"), "tau": _cosine},
+    "inner-merge": {"layer": _layer, "ratio": _share("ratio", "the share of the video tokens folded away")},
+}
 
 
 def parse_stages(stages: object, *, number: Callable[[object], float],
                  framefusion_settings: Callable[[dict], dict[str, Any]]) -> dict[str, Any]:
     """Validate a `stages:` list into the flat profile values: `method` and its settings (from the framefusion stage;
     method "none" without one), frame-dedup's `max_difference`, `dedup_mode` and `dedup_sensitivity` (None without the
-    stage; the sensitivity None in exact mode, which has none) and `evs_pruning_rate`.
+    stage; the sensitivity None in exact mode, which has none), `before_llm` and `inner_merge` (each the stage as a
+    mapping with its kind and every setting, None without one).
 
     number: validates a finite number; framefusion_settings: validates a framefusion stage's keys (as the flat form).
     Raises StageError with the stage's index in the message."""
     if not isinstance(stages, list):
         raise StageError("must be a list of stages, each a mapping with a 'kind'")
     values: dict[str, Any] = {"max_difference": None, "dedup_mode": None, "dedup_sensitivity": None,
-                              "evs_pruning_rate": None}
-    last_position = -1
+                              "before_llm": None, "inner_merge": None}
+    places = list(PLACES)
+    last_place, last_kind = -1, None
     for index, stage in enumerate(stages):
         where = f"stage {index + 1}"
         if not isinstance(stage, dict) or "kind" not in stage:
@@ -92,12 +153,14 @@ def parse_stages(stages: object, *, number: Callable[[object], float],
         kind = stage["kind"]
         if kind not in STAGE_KINDS:
             raise StageError(f"{where}: unknown kind {kind!r}; use one of {', '.join(STAGE_KINDS)}", "kind")
-        position = STAGE_KINDS.index(kind)
-        if position <= last_position:
-            raise StageError(
-                f"{where} ({kind}) cannot come after {STAGE_KINDS[last_position]}: stages run in the order "
-                f"{' -> '.join(STAGE_KINDS)}, each at most once", "kind")
-        last_position = position
+        place = next(index for index, kinds in enumerate(PLACES.values()) if kind in kinds)
+        if place < last_place:
+            raise StageError(f"{where} ({kind}) cannot come after {last_kind}: stages run in the order "
+                             f"{' -> '.join(places)}", "kind")
+        if place == last_place:
+            raise StageError(f"{where} ({kind}): a profile has one stage {places[place]} and {last_kind} is "
+                             f"already there ({', '.join(PLACES[places[place]])}: pick one)", "kind")
+        last_place, last_kind = place, kind
         settings = {key: value for key, value in stage.items() if key != "kind"}
         try:
             if kind == "framefusion":
@@ -120,7 +183,9 @@ def parse_stages(stages: object, *, number: Callable[[object], float],
             values["max_difference"] = checked["max_difference"]
             values["dedup_mode"] = checked["mode"]
             values["dedup_sensitivity"] = checked["sensitivity"] if checked["mode"] != "exact" else None
+        elif kind == "inner-merge":
+            values["inner_merge"] = {"kind": kind, **checked}
         else:
-            values["evs_pruning_rate"] = checked["pruning_rate"]
+            values["before_llm"] = {"kind": kind, **checked}
     values.setdefault("method", "none")
     return values

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from framefusion.methods.framefusion import last_query_importance
 from framefusion.runtime import transformers_compat as compat
 from framefusion.runtime.clock import Stopwatch
 from framefusion.runtime.layers import PreNormLayers
@@ -120,6 +121,9 @@ class FrameFusionRuntime:
         # How a decoder layer runs in two halves around the step after its token mixer; a family whose layers are not
         # standard pre-norm ones (Gemma 4) sets its own in install().
         self.anatomy = PreNormLayers()
+        # The layer whose attention rates the tokens for the inner merge (the nearest one before the merge layer that
+        # has a softmax attention over every token); None without an inner merge. Set in install().
+        self.inner_merge_rater: int | None = None
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []
         # (module, attribute, what the instance held before: _NOT_SET for nothing)
@@ -134,6 +138,8 @@ class FrameFusionRuntime:
             if problem is not None:
                 self.remove()
                 raise ValueError(f"{problem}: FrameFusion cannot hook it")
+        if self.settings.inner_merge is not None:
+            self.inner_merge_rater = self._inner_merge_rater(self.settings.inner_merge.layer)
         for index, layer in enumerate(self.layers):
             # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
             # replace the inner one so its hooks stay in place.
@@ -149,6 +155,14 @@ class FrameFusionRuntime:
         if original_video_features is not None:
             self.replace_attribute(self.multimodal_model, compat.VIDEO_FEATURES_METHOD,
                                    self._capture_video_grid(original_video_features))
+
+    def _inner_merge_rater(self, merge_layer: int) -> int:
+        for index in range(merge_layer - 1, -1, -1):
+            if self.anatomy.importance_attention(self.layers[index]) is not None:
+                return index
+        self.remove()
+        raise ValueError(f"no layer before layer {merge_layer} has a softmax attention to rate the tokens for the "
+                         "inner merge: use a later layer")
 
     def replace_attribute(self, module: nn.Module, attribute: str, replacement: Callable) -> None:
         """Set an instance attribute, remembering what the instance held before; remove() puts it back."""
@@ -263,15 +277,17 @@ class FrameFusionRuntime:
                                 arguments: dict[str, Any]) -> torch.Tensor:
         """The decoder layer with FrameFusion's steps; arguments: the layer's other arguments (mask, positions, cache)."""
         clock = Stopwatch(hidden_states.device, enabled=state.measure)
-        if index == 0 and self.settings.evs_pruning_rate > 0:
+        if index == 0 and self.settings.before_llm is not None:
             with clock:
-                hidden_states = state.evs_step(hidden_states)
+                hidden_states = state.before_llm_step(hidden_states)
         if index == 0 and not state.merging_finished:
             with clock:
                 hidden_states = state.merge_step(hidden_states, index, "before_attention")
         with clock:
             present = self._present_rows(state, arguments)
         attention = self.anatomy.importance_attention(layer)
+        if self.inner_merge_rater == index:
+            return self._inner_merge_rating_layer(layer, index, state, hidden_states, present, attention, clock)
         step = state.step_after_attention(index, rates_importance=attention is not None)
         if step is None:
             # No step after this layer's attention: the layer as it is, on the tokens present.
@@ -295,6 +311,26 @@ class FrameFusionRuntime:
                 hidden_states = state.merge_step(hidden_states, index, "after_attention")
             present = self._present_rows(state, arguments)
         hidden_states = self.anatomy.feed_forward_half(layer, hidden_states, present)
+        state.stats.overhead_seconds += clock.seconds
+        return hidden_states
+
+    def _inner_merge_rating_layer(self, layer: nn.Module, index: int, state: PrefillReduction,
+                                  hidden_states: torch.Tensor, present: dict[str, Any], attention: nn.Module,
+                                  clock: Stopwatch) -> torch.Tensor:
+        """The layer whose last-query attention rates the tokens for the inner merge, then the merge on its output
+        (the input of the merge layer)."""
+        capture = _QueryKeyCapture(attention, num_queries=1)
+        try:
+            hidden_states = self.anatomy.attention_half(layer, hidden_states, present)
+        finally:
+            capture.close()
+        hidden_states = self.anatomy.feed_forward_half(layer, hidden_states, present)
+        state.record_layer()
+        with clock:
+            cos, sin = present["position_embeddings"]
+            queries, keys = capture.rotated(cos, sin)
+            rating = last_query_importance(queries, keys, capture.scaling)
+            hidden_states = state.inner_merge_step(hidden_states, index + 1, rating)
         state.stats.overhead_seconds += clock.seconds
         return hidden_states
 

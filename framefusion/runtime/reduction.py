@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from framefusion.methods import evs
 from framefusion.methods import framefusion as core
+from framefusion.methods import inner_merge
+from framefusion.runtime import before_llm as before_llm_reductions
 
 
 @dataclass(frozen=True)
@@ -23,15 +24,48 @@ class FrameFusionSettings:
     # prune-only (merge=False): layers that see every video token before the one prune step.
     dense_layers: int = 2
     importance_queries: int = 1
-    # EVS before the LLM: the fraction of video tokens dropped before layer 0 (0: off). FrameFusion's budget then
-    # applies to the tokens EVS kept; the achieved cost is still counted against the unreduced prompt.
-    evs_pruning_rate: float = 0.0
+    # A reduction before layer 0 (runtime/before_llm.py: EVS, VidCom2, FastVID, HoliTom; None: off), resolved for
+    # the family. FrameFusion's budget then applies to the tokens it kept; the achieved cost is still counted against
+    # the unreduced prompt.
+    before_llm: before_llm_reductions.BeforeLLM | None = None
+    # HoliTom's and EarlyTom's merge inside the LLM (None: off; it replaces FrameFusion's steps), resolved.
+    inner_merge: InnerMerge | None = None
+
+
+# HoliTom's and EarlyTom's merge runs before layer 18 of their 28-layer LLM: other depths take the same share.
+INNER_MERGE_REFERENCE_LAYER = (18, 28)
+
+
+@dataclass(frozen=True)
+class InnerMerge:
+    """HoliTom's and EarlyTom's merge inside the LLM: before decoder layer `layer`, keep the (1 - ratio) share of the
+    video tokens the last prompt token attends to most at the layer before, and fold each other video token into its
+    most similar kept one. layer None: the reference layer 18 of 28 scaled to the model's depth."""
+
+    layer: int | None = None
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
+                                       or self.layer < 1):
+            raise ValueError(f"layer must be a whole number >= 1, got {self.layer!r}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
+            raise ValueError(f"ratio must lie in [0, 1] (the share of video tokens folded away), got {self.ratio!r}")
+
+    def resolved(self, num_layers: int) -> InnerMerge:
+        if self.layer is None:
+            reference, depth = INNER_MERGE_REFERENCE_LAYER
+            return InnerMerge(min(max(round(reference * num_layers / depth), 1), num_layers - 1), self.ratio)
+        if self.layer >= num_layers:
+            raise ValueError(f"layer {self.layer} is past the model's last decoder layer ({num_layers - 1})")
+        return self
 
 
 @dataclass(frozen=True)
 class ReductionStep:
     """One reduction step and the tokens before and after it: kind "merge" or "prune" inside the LLM (at `layer`,
-    where "before_attention" or "after_attention"), or "evs" before it (layer None, where "before_llm")."""
+    where "before_attention" or "after_attention"), "inner-merge" (before attention), or a reduction before it: "evs",
+    "vidcom2", "fastvid", "holitom" (layer None, where "before_llm")."""
 
     layer: int | None
     kind: str
@@ -202,14 +236,32 @@ class PrefillReduction:
         self.sparsities.append(0.0)  # a layer that waits for the prune, at the token count merging left
         return None
 
-    def evs_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """EVS before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
+    def before_llm_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The reduction before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
+        method = self.settings.before_llm
         before = (self.length, self.num_video)
-        keep = evs.keep_by_patch(hidden_states[0], self.patch_types, self.settings.evs_pruning_rate)
+        rows, keep = before_llm_reductions.reduce(method, hidden_states[0], self.patch_types)
         if not bool(keep.all()):
             self._keep(keep)
-            hidden_states = hidden_states[:, keep]
-        self._record_step(None, "evs", "before_llm", before)
+            hidden_states = rows[keep].unsqueeze(0)
+        self._record_step(None, method.kind, "before_llm", before)
+        return hidden_states
+
+    def inner_merge_step(self, hidden_states: torch.Tensor, layer: int, attention: torch.Tensor) -> torch.Tensor:
+        """The inner merge on the input of `layer`: hidden_states [1, L, d], attention [L] the last prompt token's
+        attention at the layer before (mean over heads). Only video tokens are kept or folded."""
+        video = torch.nonzero(self.patch_types >= 0).squeeze(1)
+        before = (self.length, self.num_video)
+        merged, kept = inner_merge.merge(hidden_states[:, video], attention[video], start=0, length=video.numel(),
+                                         ratio=self.settings.inner_merge.ratio)
+        keep = self.patch_types < 0
+        keep[video[kept]] = True
+        if not bool(keep.all()):
+            rows = hidden_states.clone()
+            rows[:, video[kept]] = merged
+            self._keep(keep)
+            hidden_states = rows[:, keep]
+        self._record_step(layer, "inner-merge", "before_attention", before)
         return hidden_states
 
     def merge_step(self, hidden_states: torch.Tensor, layer: int, where: str) -> torch.Tensor:

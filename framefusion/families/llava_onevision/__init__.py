@@ -23,6 +23,7 @@ class LlavaOnevision(Family):
     model_types = ("llava_onevision",)
     rank = 30
     default_similarity_lower_bound = 0.6
+    fastvid_variant = "parallel"
     similarity_source = "FrameFusion authors' LLaVA-Video example"
     importance_queries = 1
     # The HF port appends a single newline embedding after all frames; it is no spatial position.

@@ -31,6 +31,7 @@ class Qwen35(Qwen3VL):
     model_types = ("qwen3_5",)
     rank = 45
     default_similarity_lower_bound = 0.5
+    fastvid_variant = "segmentwise"
     similarity_source = "FrameFusion authors' Qwen2-VL example (same lineage; none published for Qwen3.5)"
     aliases = MappingProxyType(
         {

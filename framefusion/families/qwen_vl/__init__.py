@@ -25,6 +25,7 @@ class Qwen2VL(Family):
     model_types = ("qwen2_vl",)
     rank = 10
     default_similarity_lower_bound = 0.5
+    fastvid_variant = "segmentwise"
     similarity_source = "FrameFusion authors' Qwen2-VL example"
     importance_queries = 4  # as the official Qwen2-VL adapter
     # The processor pairs frames into temporal patches: an odd count would repeat the last frame.

@@ -1,0 +1,204 @@
+"""The reductions between the vision encoder and the LLM: EVS, VidCom2, FastVID and HoliTom's outer step.
+
+Each runs on the embeddings entering decoder layer 0, video by video, and leaves every kept token at an original
+position (its rotary position, 1-D or M-RoPE, does not move). A method that merges tokens (FastVID, HoliTom) writes the
+merged token at the position of the token it kept. The settings are small frozen dataclasses, what
+`apply_framefusion(before_llm=...)` takes; `resolved(family)` fills what depends on the model family.
+
+Two signals of the official code come from inside the vision tower, which transformers does not expose: the
+per-token attention (FastVID, HoliTom) and FastVID's per-frame vector. Here the attention is that of one query per
+frame, the frame's mean token, over the frame's tokens as the LLM receives them (the form of FastVID's Qwen2.5-VL
+signal and of SigLIP's pooling-head probe); the per-frame vector is the frame's mean token (FastVID's Qwen choice and
+its documented fallback for LLaVA). docs/methods.md lists these substitutes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol
+
+import torch
+
+from framefusion.methods import evs, fastvid, holitom, vidcom2
+
+FASTVID_VARIANTS = ("parallel", "segmentwise")
+# FastVID's reference settings per variant: the parallel one as measured on LLaVA-OneVision, the segment-wise one
+# (with near-duplicate skipping) as measured on Qwen2.5-VL; the other settings are the functions' defaults.
+FASTVID_RETAIN_RATIO = {"parallel": 0.10, "segmentwise": 0.27}
+
+
+class _FamilyTraits(Protocol):
+    name: str
+    fastvid_variant: str | None
+
+
+def _check_fraction(name: str, value: float, *, top_inclusive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (0 <= value <= 1 if top_inclusive else 0 <= value < 1):
+        raise ValueError(f"{name} must lie in [0, 1{']' if top_inclusive else ')'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EVS:
+    """Efficient Video Sampling (vLLM's masks): drop the `pruning_rate` share of the video tokens least changed since
+    the previous frame, the first frame always kept. per_video: budget each video of the prompt on its own (vLLM's
+    way) instead of all the prompt's video tokens together."""
+
+    pruning_rate: float = 0.75
+    per_video: bool = False
+    kind: ClassVar[str] = "evs"
+
+    def __post_init__(self) -> None:
+        _check_fraction("pruning_rate", self.pruning_rate, top_inclusive=False)
+
+    def resolved(self, family: _FamilyTraits) -> EVS:
+        return self
+
+
+@dataclass(frozen=True)
+class VidCom2:
+    """VidCom2 (vLLM's masks): keep the video tokens least like their video's and their frame's average token, a larger
+    share for the most distinctive frames, at `pruning_rate`; each video budgeted on its own, as vLLM does."""
+
+    pruning_rate: float = 0.75
+    kind: ClassVar[str] = "vidcom2"
+
+    def __post_init__(self) -> None:
+        _check_fraction("pruning_rate", self.pruning_rate, top_inclusive=False)
+
+    def resolved(self, family: _FamilyTraits) -> VidCom2:
+        return self
+
+
+@dataclass(frozen=True)
+class FastVID:
+    """FastVID: segments where consecutive frames stop looking alike, each frame's most attended tokens kept, the rest
+    of each segment folded into density-peak anchors. variant None: the one measured on the model's family
+    ("parallel" on LLaVA families, "segmentwise" on Qwen families); retain_ratio None: that variant's reference share
+    (0.10, 0.27)."""
+
+    retain_ratio: float | None = None
+    variant: str | None = None
+    kind: ClassVar[str] = "fastvid"
+
+    def __post_init__(self) -> None:
+        if self.retain_ratio is not None:
+            _check_fraction("retain_ratio", self.retain_ratio, top_inclusive=True)
+        if self.variant is not None and self.variant not in FASTVID_VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(FASTVID_VARIANTS)}, got {self.variant!r}")
+
+    def resolved(self, family: _FamilyTraits) -> FastVID:
+        variant = self.variant or family.fastvid_variant
+        if variant is None:
+            raise ValueError(f"FastVID was measured on the LLaVA and Qwen-VL families, not on {family.name}; "
+                             "use vidcom2 or holitom there, or name a variant")
+        retain_ratio = FASTVID_RETAIN_RATIO[variant] if self.retain_ratio is None else self.retain_ratio
+        return replace(self, variant=variant, retain_ratio=retain_ratio)
+
+
+@dataclass(frozen=True)
+class HoliTom:
+    """HoliTom's outer step: windows that free the most static tokens (dynamic programming), static tokens averaged
+    over time and clustered (DPC-KNN), each frame's most attended dynamic tokens kept; `retain_ratio` of the video
+    tokens in all. tau: the cosine from which a position counts as static (the official 0.65 at retain_ratio 0.10)."""
+
+    retain_ratio: float = 0.10
+    tau: float = 0.65
+    max_window: int = 1024
+    beta: float = 0.6
+    knn: int = 7
+    kind: ClassVar[str] = "holitom"
+
+    def __post_init__(self) -> None:
+        _check_fraction("retain_ratio", self.retain_ratio, top_inclusive=True)
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not -1 <= self.tau <= 1:
+            raise ValueError(f"tau must be a cosine in [-1, 1], got {self.tau!r}")
+        for name in ("max_window", "knn"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+    def resolved(self, family: _FamilyTraits) -> HoliTom:
+        return self
+
+
+BeforeLLM = EVS | VidCom2 | FastVID | HoliTom
+METHODS: dict[str, type] = {method.kind: method for method in (EVS, VidCom2, FastVID, HoliTom)}
+
+
+def video_grids(patch_types: torch.Tensor) -> list[torch.Tensor]:
+    """The sequence positions of each video's tokens, [T, P] frame by frame, from a prompt's patch types [L].
+
+    A video's types are base..base+P-1, its first frame contiguous in the sequence; the next video starts at type
+    base + P after a token that is not video (see Family.patch_types).
+    """
+    video_positions = torch.nonzero(patch_types >= 0).squeeze(1)
+    types = patch_types[video_positions]
+    listed_types, listed_positions = types.tolist(), video_positions.tolist()
+    grids, base, first = [], 0, 0
+    while first < len(listed_types):
+        per_frame = 1
+        while (first + per_frame < len(listed_types) and listed_types[first + per_frame] == base + per_frame
+               and listed_positions[first + per_frame] == listed_positions[first + per_frame - 1] + 1):
+            per_frame += 1
+        in_video = (types >= base) & (types < base + per_frame)
+        grids.append(video_positions[in_video].reshape(-1, per_frame))
+        first += int(in_video.sum())
+        base += per_frame
+    return grids
+
+
+def frame_query_attention(features: torch.Tensor) -> torch.Tensor:
+    """The attention of each frame's mean token over the frame's tokens: features [T, S, C] -> [T, S], float32,
+    each row summing to 1. The stand-in for the vision tower's attention the official code reads."""
+    frames = features.float()
+    query = frames.mean(dim=1, keepdim=True)  # [T, 1, C]
+    scores = (query @ frames.transpose(1, 2))[:, 0] / math.sqrt(frames.shape[-1])
+    return torch.softmax(scores, dim=-1)
+
+
+def reduce(method: BeforeLLM, hidden_states: torch.Tensor, patch_types: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a (resolved) method on one prompt: hidden_states [L, d], patch_types [L].
+
+    Returns (rows [L, d]: the input with merged tokens written at their kept positions, keep [L] bool): the tokens
+    left are rows[keep]. Tokens that are not video are always kept.
+    """
+    if isinstance(method, EVS) and not method.per_video:
+        return hidden_states, evs.keep_by_patch(hidden_states, patch_types, method.pruning_rate)
+    keep = torch.ones(patch_types.shape, dtype=torch.bool, device=hidden_states.device)
+    rows = hidden_states
+    for grid in video_grids(patch_types):
+        positions = grid.reshape(-1)
+        frames = hidden_states[positions].reshape(*grid.shape, -1)  # [T, P, d]
+        kept, tokens = _reduce_video(method, frames)
+        keep[positions] = False
+        keep[positions[kept]] = True
+        if tokens is not None:
+            if rows is hidden_states:
+                rows = hidden_states.clone()
+            rows[positions[kept]] = tokens.to(rows.dtype)
+    return rows, keep
+
+
+def _reduce_video(method: BeforeLLM, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One video, frames [T, P, d]: (kept flat indices t * P + p, the tokens written there or None: unchanged)."""
+    count, per_frame, _ = frames.shape
+    flat = frames.reshape(count * per_frame, -1)
+    if isinstance(method, EVS):
+        return torch.nonzero(evs.keep_mask(flat, per_frame, method.pruning_rate)).squeeze(1), None
+    if isinstance(method, VidCom2):
+        return torch.nonzero(vidcom2.keep_mask(flat, per_frame, method.pruning_rate)).squeeze(1), None
+    # The merging methods run in float32: their clustering distances and means are float32 in the official runs.
+    features = frames.float()
+    attention = frame_query_attention(features)
+    if isinstance(method, FastVID):
+        global_features = features.mean(dim=1)
+        run = fastvid.reduce if method.variant == "parallel" else fastvid.reduce_segmentwise
+        tokens, kept = run(features, attention, global_features, retain_ratio=method.retain_ratio)
+        return kept, tokens
+    tokens, kept = holitom.reduce_in_place(features, attention, retain_ratio=method.retain_ratio, tau=method.tau,
+                                           max_window=method.max_window, beta=method.beta, knn=method.knn)
+    return kept, tokens

@@ -1,0 +1,66 @@
+"""The published methods' profiles (VidCom2, FastVID, HoliTom, their compositions with FrameFusion) through
+`framefusion ask` on tiny models of the families they were measured on: each stage is a row of the token report, the
+LLM gets fewer tokens than the prompt, and what cannot run is refused before loading."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from framefusion_cli.app import app
+
+from cli_checks import error_line
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
+runner = CliRunner()
+
+# (model, profile, the stages' kinds in the report); the rest of each family's profiles run in the slow suite.
+EVERYDAY = [
+    ("random:tiny-llava-onevision", "holitom", ["holitom", "inner-merge"]),
+    ("random:tiny-qwen2-vl", "holitom-framefusion", ["holitom", "merge", "prune"]),
+    ("random:tiny-qwen2.5-vl", "fastvid", ["fastvid"]),
+    ("random:tiny-qwen3-vl", "vidcom2", ["vidcom2"]),
+]
+SLOW = [
+    ("random:tiny-llava-onevision", "holitom-outer", ["holitom"]),
+    ("random:tiny-llava-onevision", "holitom-framefusion", ["holitom", "merge", "prune"]),
+    ("random:tiny-llava-onevision", "vidcom2", ["vidcom2"]),
+    ("random:tiny-llava-onevision", "fastvid", ["fastvid"]),
+    ("random:tiny-llava-onevision", "vidcom2-framefusion", ["vidcom2", "merge", "prune"]),
+    ("random:tiny-llava-onevision", "fastvid-framefusion", ["fastvid", "merge", "prune"]),
+    ("random:tiny-qwen2-vl", "holitom", ["holitom", "inner-merge"]),
+    ("random:tiny-qwen2-vl", "holitom-outer", ["holitom"]),
+    ("random:tiny-qwen2.5-vl", "vidcom2", ["vidcom2"]),
+    ("random:tiny-qwen2.5-vl", "vidcom2-framefusion", ["vidcom2", "merge", "prune"]),
+    ("random:tiny-qwen2.5-vl", "fastvid-framefusion", ["fastvid", "merge", "prune"]),
+    ("random:tiny-qwen3-vl", "fastvid", ["fastvid"]),
+    ("random:tiny-qwen3-vl", "vidcom2-framefusion", ["vidcom2", "merge", "prune"]),
+    ("random:tiny-qwen3-vl", "fastvid-framefusion", ["fastvid", "merge", "prune"]),
+]
+
+
+@pytest.mark.parametrize("model, profile, kinds", EVERYDAY + [pytest.param(*case, marks=pytest.mark.slow)
+                                                              for case in SLOW])
+def test_each_stage_is_reported_and_the_llm_gets_fewer_tokens(model, profile, kinds):
+    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", model, "--frames", "8", "--profile",
+                                 profile, "--json", "--max-new-tokens", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    tokens = json.loads(result.stdout)["tokens"]
+    stages = tokens["stages"]
+    # FrameFusion after a reduction before the LLM merges, and prunes when merging left the budget unmet.
+    later_kinds = {stage["kind"] for stage in stages[1:]}
+    assert later_kinds <= set(kinds[1:]) and bool(later_kinds) == (len(kinds) > 1)
+    first = stages[0]
+    assert (first["kind"], first["where"], first["before"]) == (kinds[0], "before_llm", tokens["prompt"])
+    assert first["after"] < first["before"]
+    assert tokens["final"] < first["after"] if len(kinds) > 1 else tokens["final"] == first["after"]
+    assert all(later["before"] == earlier["after"] for earlier, later in zip(stages, stages[1:]))
+
+
+def test_fastvid_is_refused_before_loading_where_it_was_not_measured():
+    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", "random:tiny-smolvlm",
+                                 "--profile", "fastvid"])
+    line = error_line(result, 2, before_loading=True)
+    assert line.startswith("error: --profile fastvid: FastVID was measured on the LLaVA and Qwen-VL families, not on "
+                           "smol") and line.endswith("use vidcom2 or holitom there, or name a variant")
