@@ -31,6 +31,8 @@ def token_table(result: AskResult) -> Table:
     reason = _REUSED_BECAUSE.get(tokens.frame_dedup) if encoded < tokens.frames else None
     table.add_row(f"frames encoded ({tokens.frames - encoded} {reason})" if reason else "frames encoded", "",
                   f"{tokens.frames}", f"{encoded}")
+    if tokens.frames_merged is not None:
+        table.add_row("frames merged in the vision encoder", "", f"{encoded}", f"{tokens.frames_merged}")
     table.add_row("visual tokens", "", "", f"{tokens.visual:,}")
     table.add_row("prompt tokens", "", "", f"{tokens.prompt:,}")
     # Stages before the LLM (layer None) come first in the runtime's record, then each merge/prune at its layer.

@@ -29,6 +29,7 @@ _EXPORTS = {
     "VidCom2": "framefusion.runtime.before_llm",
     "FastVID": "framefusion.runtime.before_llm",
     "HoliTom": "framefusion.runtime.before_llm",
+    "EarlyTom": "framefusion.runtime.before_llm",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -44,6 +44,11 @@ class FrameFusionHandle:
         """
         self.runtime.remember_video_grid(video_grid_thw)
 
+    def use_vision_plan(self, plan) -> None:
+        """Give EarlyTom's next prefill the Stage I result of its video (framefusion.runtime.vision_merge.VisionPlan)
+        when the features were encoded beforehand; None: the tower's own last encoding under this handle."""
+        self.runtime.use_vision_plan(plan)
+
 
 def minimum_cost(num_layers: int, merge: bool = True, dense_layers: int = 2) -> float:
     """The smallest cost a model of `num_layers` decoder layers can be held to.

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framefusion import EVS, FastVID, HoliTom, InnerMerge, VidCom2
+from framefusion import EVS, EarlyTom, FastVID, HoliTom, InnerMerge, VidCom2
 from framefusion.errors import InputError, ProfileError
 from framefusion.profiles.stages import STAGE_DEFAULTS
 from framefusion.profiles.file import MAX_FILE_BYTES, METHODS
@@ -60,7 +60,7 @@ def test_builtins_have_the_documented_settings():
     profiles = load_profiles()
     assert list(profiles) == ["baseline", "dedup", "evs", "framefusion", "framefusion-fast", "merge-only",
                               "prune-only", "evs-framefusion", "vidcom2", "vidcom2-framefusion", "fastvid",
-                              "fastvid-framefusion", "holitom", "holitom-outer", "holitom-framefusion"]
+                              "fastvid-framefusion", "holitom", "holitom-outer", "holitom-framefusion", "earlytom"]
     assert all(p.source == "built-in" and p.description for p in profiles.values())
     # Stages outside the LLM: frame-dedup changes nothing the LLM sees, EVS runs in the runtime before layer 0.
     assert profiles["dedup"].reduction_kwargs() is None and profiles["dedup"].max_difference == 0
@@ -499,11 +499,13 @@ def test_the_published_methods_profiles_give_the_librarys_objects():
         kwargs = profiles[name].reduction_kwargs()
         assert kwargs["merge"] and kwargs["prune"] and kwargs["before_llm"].kind == name.split("-")[0]
     assert [stage["kind"] for stage in profiles["holitom"].stages()] == ["holitom", "inner-merge"]
+    assert profiles["earlytom"].reduction_kwargs()["before_llm"] == EarlyTom()
+    assert profiles["earlytom"].pre_vision_stages() == [profiles["earlytom"].before_llm]  # it changes the features
 
 
 def test_stage_defaults_are_the_librarys_defaults():
     for kind, method in [("evs", EVS), ("vidcom2", VidCom2), ("fastvid", FastVID), ("holitom", HoliTom),
-                         ("inner-merge", InnerMerge)]:
+                         ("earlytom", EarlyTom), ("inner-merge", InnerMerge)]:
         library = {field.name: field.default for field in dataclasses.fields(method)}
         assert {key: library[key] for key in STAGE_DEFAULTS[kind]} == STAGE_DEFAULTS[kind], kind
 
@@ -528,6 +530,10 @@ def test_a_staged_profile_loads_and_round_trips(tmp_path):
     ("[{kind: holitom, tau: 2}]", "must be a cosine similarity in [-1, 1]"),
     ("[{kind: inner-merge, layer: 0}]", "must be a decoder layer number >= 1"),
     ("[{kind: evs, per_video: 1}]", "must be true (budget each video on its own)"),
+    ("[{kind: frame-dedup}, {kind: earlytom}]", "merges repeated frames itself: drop the frame-dedup stage"),
+    ("[{kind: earlytom}, {kind: vidcom2}]", "earlytom selects the tokens before the LLM itself"),
+    ("[{kind: earlytom, layers: [8, -1]}]", "must be a list of vision tower layer indices >= 0"),
+    ("[{kind: earlytom, max_window: 1}]", "must be a whole number of frames >= 2"),
     ("[{kind: blur}]", "unknown kind 'blur'"),
     ("[{kind: evs, pruning_rate: 1}]", "0 <= pruning_rate < 1"),
     ("[{kind: evs, pruning_rate: -0.1}]", "0 <= pruning_rate < 1"),

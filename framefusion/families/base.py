@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from framefusion.families.kit import FamilyKit
     from framefusion.runtime.hooks import FrameFusionRuntime
+    from framefusion.runtime.vision_merge import TowerParts
 
 
 class Family:
@@ -70,6 +71,9 @@ class Family:
     # The FastVID implementation measured on this family's models ("parallel": LLaVA, "segmentwise": Qwen-VL); None:
     # FastVID was not measured on it and is refused (runtime/before_llm.py).
     fastvid_variant: str | None = None
+    # Whether the vision tower encodes a video's frames as a batch of images, so that EarlyTom can merge frames inside
+    # it (earlytom_tower gives its parts); towers that pack the frames into one sequence (Qwen-VL) cannot.
+    merges_frames_in_tower: bool = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -184,6 +188,10 @@ class Family:
     def install(self, runtime: FrameFusionRuntime) -> None:
         """Install what this family needs beyond the generic hooks (called at the end of runtime.install(); whatever
         it replaces through runtime.replace_attribute is put back by runtime.remove()). Default: nothing."""
+
+    def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
+        """The vision tower's parts EarlyTom merges frames in (families with merges_frames_in_tower), else None."""
+        return None
 
     # --- rotary positions ---------------------------------------------------------------------------------------
     def restore_reference_positions(self, model: nn.Module) -> bool:

@@ -216,7 +216,8 @@ def cached_video(qa: Any, cache: Any, key: str | None, video: str | Path) -> Any
     video_inputs = dict.fromkeys(entry.details.get("video_input_keys", ()))
     return PreparedVideo(clip, video_inputs, entry.modality, entry.features, 0.0, 0.0, 0.0, cache="hit",
                          frames_encoded=entry.details.get("frames_encoded"),
-                         frame_dedup=entry.details.get("frame_dedup"))
+                         frame_dedup=entry.details.get("frame_dedup"),
+                         vision_plan=_plan_from_details(entry.details.get("vision_plan"), qa.device))
 
 
 def keep_features(qa: Any, cache: Any, key: str | None, prepared: Any) -> Any:
@@ -227,7 +228,8 @@ def keep_features(qa: Any, cache: Any, key: str | None, prepared: Any) -> Any:
         return prepared  # no cache, or the model encodes inside generate(): nothing to keep
     stored = CachedVideo(prepared.vision_modality, prepared.vision_features, _clip_description(prepared.clip),
                          {"model": qa.model_name, "video_input_keys": sorted(prepared.video_inputs),
-                          "frames_encoded": prepared.frames_encoded, "frame_dedup": prepared.frame_dedup})
+                          "frames_encoded": prepared.frames_encoded, "frame_dedup": prepared.frame_dedup,
+                          "vision_plan": _plan_details(prepared.vision_plan)})
     cache.store(key, stored)  # a failed write warns once; the run goes on
     prepared.cache = "miss"
     return prepared
@@ -247,3 +249,22 @@ def _blank_clip(description: dict[str, Any], path: str) -> Any:
     fields = dict(description)
     frames = np.zeros(fields.pop("frame_shape"), dtype=np.uint8)
     return VideoClip(frames=frames, timestamps=tuple(fields.pop("timestamps")), path=path, **fields)
+
+
+def _plan_details(plan: Any) -> dict[str, Any] | None:
+    """EarlyTom's Stage I result as JSON (a few numbers a frame): it travels with the features it belongs to."""
+    if plan is None:
+        return None
+    return {"frames_in": plan.frames_in, "frames": plan.frames, "groups": [list(group) for group in plan.groups],
+            "scores": plan.scores.float().cpu().tolist()}
+
+
+def _plan_from_details(details: dict[str, Any] | None, device: Any) -> Any:
+    if details is None:
+        return None
+    import torch
+
+    from framefusion.runtime.vision_merge import VisionPlan
+
+    return VisionPlan(details["frames_in"], details["frames"], torch.tensor(details["scores"], device=device),
+                      [tuple(group) for group in details["groups"]])

@@ -77,12 +77,15 @@ class TokenReport:
     # Why the others were not encoded, the frame-dedup test that skipped them: "exact" (the same pixels as the last
     # encoded frame) or "noise-aware" (no region changed beyond the video's noise); None: every frame was encoded.
     frame_dedup: str | None = None
+    # Frames left after EarlyTom merged frames inside the vision encoder (None: no merging there).
+    frames_merged: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
             "frames_encoded": self.frames if self.frames_encoded is None else self.frames_encoded,
             "frame_dedup": self.frame_dedup,
+            "frames_merged": self.frames_merged,
             "visual": self.visual,
             "prompt": self.prompt,
             "final": self.final,
@@ -150,3 +153,6 @@ class PreparedVideo:
     frames_encoded: int | None = None
     # The frame-dedup test that skipped the frames not encoded ("exact", "noise-aware"); None: every frame encoded.
     frame_dedup: str | None = None
+    # EarlyTom's Stage I result (framefusion.runtime.vision_merge.VisionPlan) when the profile merged frames in the
+    # vision tower; its token selection before the LLM needs it. None otherwise.
+    vision_plan: Any = None

@@ -36,6 +36,7 @@ from framefusion.pipeline.results import (
     TokenReport,
     TokenStage,
 )
+from framefusion.pipeline.encoding import encode_video
 from framefusion.video import VideoClip, enlarge_small_frames
 
 DEFAULT_FRAMES = 32
@@ -116,32 +117,12 @@ class VideoQA:
             video_inputs = {key: value for key, value in video_inputs.items()
                             if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         with Stopwatch(self.device) as vision, torch.inference_mode():
-            modality, features, plan = self._encode(clip, video_inputs, stages)
+            modality, features, plan, vision_plan = encode_video(self, clip, video_inputs, stages)
         vision_seconds = vision.seconds if features is not None else 0.0
         skipped = features is not None and plan is not None and not plan.encodes_every_unit
         return PreparedVideo(clip, video_inputs, modality, features, decode_seconds, vision_seconds, preprocess.seconds,
                              frames_encoded=plan.frames_encoded if skipped else clip.num_frames,
-                             frame_dedup=plan.mode if skipped else None)
-
-    def _encode(self, clip: VideoClip, video_inputs: dict[str, torch.Tensor],
-                stages: list[dict[str, Any]]) -> tuple[str, Any, Any]:
-        """(modality, features, the frame-dedup plan or None): every frame encoded, or with frame dedup only those that
-        differ."""
-        from framefusion.methods.frame_dedup import plan_frame_dedup
-
-        plan = None
-        for stage in stages:
-            if stage["kind"] != "frame-dedup":
-                raise ProfileError(f"no stage {stage['kind']!r} runs before the vision encoder", setting="profile")
-            if self.adapter is not None:  # a model of no known family: its layout is unknown, every frame encoded
-                settings = {key: value for key, value in stage.items() if key != "kind"}
-                plan = plan_frame_dedup(clip.frames, unit_frames=self.adapter.frame_multiple, **settings)
-        if plan is None:
-            return (*self.video_encoding.encode_video(self.model, video_inputs), None)
-        if plan.encodes_every_unit:
-            return (*self.adapter.encode_video(self.model, video_inputs), plan)
-        modality, features = self.adapter.encode_frames(self.model, video_inputs, plan.encoded, plan.sources)
-        return modality, features, plan
+                             frame_dedup=plan.mode if skipped else None, vision_plan=vision_plan)
 
     def _processor_inputs(self, clip: VideoClip, question: str, system: str | None) -> dict[str, torch.Tensor]:
         messages = []
@@ -181,6 +162,7 @@ class VideoQA:
         if handle is not None:
             # The features may predate this profile; generate() will not pass the grid on to the forward.
             handle.use_video_grid(inputs.get("video_grid_thw"))
+            handle.use_vision_plan(prepared.vision_plan)
 
         tokenizer = self.tokenizer
         generation = self.generation_kwargs(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -217,6 +199,7 @@ class VideoQA:
         timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all.seconds
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
         tokens.frames_encoded = prepared.frames_encoded
+        tokens.frames_merged = prepared.vision_plan.frames if prepared.vision_plan is not None else None
         tokens.frame_dedup = prepared.frame_dedup
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,

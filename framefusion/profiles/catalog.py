@@ -63,15 +63,13 @@ class Profile:
         when nothing there is reduced (frame-dedup, before the vision encoder, changes nothing the LLM sees)."""
         if self.method == "none" and self.before_llm is None and self.inner_merge is None:
             return None
-        from framefusion.runtime.before_llm import METHODS
         from framefusion.runtime.reduction import InnerMerge
 
         kwargs = {key: getattr(self, key) for key in METHOD_SETTINGS[self.method]}
         kwargs["merge"] = self.method in ("framefusion", "merge-only")
         kwargs["prune"] = self.method in ("framefusion", "prune-only")
         if self.before_llm is not None:
-            settings = {key: value for key, value in self.before_llm.items() if key != "kind"}
-            kwargs["before_llm"] = METHODS[self.before_llm["kind"]](**settings)
+            kwargs["before_llm"] = stage_method(self.before_llm)
         if self.inner_merge is not None:
             kwargs["inner_merge"] = InnerMerge(layer=self.inner_merge["layer"], ratio=self.inner_merge["ratio"])
         return kwargs
@@ -102,8 +100,9 @@ class Profile:
         return stage
 
     def pre_vision_stages(self) -> list[dict]:
-        """The stages before the vision encoder (they change the features: part of the feature cache's key)."""
-        return [stage for stage in self.stages() if stage["kind"] == "frame-dedup"]
+        """The stages before and inside the vision encoder (they change the features: part of the feature cache's
+        key)."""
+        return [stage for stage in self.stages() if stage["kind"] in ("frame-dedup", "earlytom")]
 
     def settings(self) -> dict:
         """The method and the settings that apply to it, plus the stages when the profile has any outside the LLM
@@ -118,6 +117,14 @@ class Profile:
         LLM (the two forms do not mix)."""
         settings = self.settings()
         return {"stages": settings["stages"]} if "stages" in settings else settings
+
+
+def stage_method(stage: Mapping[str, Any]) -> Any:
+    """The library's object for a stage before the LLM (or EarlyTom's), from its mapping: framefusion.VidCom2(...)."""
+    from framefusion.runtime.before_llm import METHODS
+
+    settings = {key: tuple(value) if isinstance(value, list) else value for key, value in stage.items() if key != "kind"}
+    return METHODS[stage["kind"]](**settings)
 
 
 def parse_profiles(document: object, source: str) -> dict[str, Profile]:

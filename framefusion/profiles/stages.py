@@ -11,8 +11,9 @@
         method: framefusion      # framefusion | merge-only | prune-only, with that method's settings
         cost: 0.3
 
-Stages run in the pipeline's order: frame-dedup; one stage between the vision encoder and the LLM (evs, vidcom2,
-fastvid or holitom); one inside the LLM (framefusion or inner-merge). The flat form of older profiles (`method:` and
+Stages run in the pipeline's order: frame-dedup; earlytom inside the vision encoder (it also selects the tokens
+before the LLM, so it takes the place of the next ones and of frame-dedup); one stage between the vision encoder and
+the LLM (evs, vidcom2, fastvid or holitom); one inside the LLM (framefusion or inner-merge). The flat form of older profiles (`method:` and
 its settings at the top) is one `framefusion` stage, or none for `method: none`.
 """
 
@@ -24,6 +25,7 @@ from framefusion.methods import frame_dedup
 
 # Where each kind acts, in the order the pipeline meets those places; a profile has at most one stage in each.
 PLACES = {"before the vision encoder": ("frame-dedup",),
+          "inside the vision encoder": ("earlytom",),
           "before the LLM": ("evs", "vidcom2", "fastvid", "holitom"),
           "inside the LLM": ("framefusion", "inner-merge")}
 STAGE_KINDS = tuple(kind for kinds in PLACES.values() for kind in kinds)
@@ -36,6 +38,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "vidcom2": {"pruning_rate": 0.75},
     "fastvid": {"retain_ratio": None, "variant": None},
     "holitom": {"retain_ratio": 0.10, "tau": 0.65},
+    "earlytom": {"retain_ratio": 0.2, "tau": 0.5, "max_window": 6, "ema": 0.9, "layers": None},
     "inner-merge": {"layer": None, "ratio": 0.5},
 }
 FASTVID_VARIANTS = ("parallel", "segmentwise")
@@ -120,6 +123,22 @@ def _layer(value: object, number: Callable[[object], float]) -> int | None:
     return value
 
 
+def _max_window(value: object, number: Callable[[object], float]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise StageError(f"must be a whole number of frames >= 2 (segments stay shorter), got {value!r}", "max_window")
+    return value
+
+
+def _tower_layers(value: object, number: Callable[[object], float]) -> list[int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or any(isinstance(layer, bool) or not isinstance(layer, int) or layer < 0 for layer in value)):
+        raise StageError(f"must be a list of vision tower layer indices >= 0, or null (8, 21, 23 of 26 scaled to the "
+                         f"tower's depth), got {value!r}", "layers")
+    return value
+
+
 _STAGE_VALIDATORS = {
     "frame-dedup": {"mode": _mode, "max_difference": _max_difference, "sensitivity": _sensitivity},
     "evs": {"pruning_rate": _pruning_rate, "per_video": _per_video},
@@ -127,6 +146,9 @@ _STAGE_VALIDATORS = {
     "fastvid": {"retain_ratio": _share("retain_ratio", "the share of each frame's tokens kept", optional=True),
                 "variant": _variant},
     "holitom": {"retain_ratio": _share("retain_ratio", "the share of the video tokens kept"), "tau": _cosine},
+    "earlytom": {"retain_ratio": _share("retain_ratio", "the share of the video tokens kept"), "tau": _cosine,
+                 "max_window": _max_window, "ema": _share("ema", "the smoothing of the segment similarity"),
+                 "layers": _tower_layers},
     "inner-merge": {"layer": _layer, "ratio": _share("ratio", "the share of the video tokens folded away")},
 }
 
@@ -160,6 +182,11 @@ def parse_stages(stages: object, *, number: Callable[[object], float],
         if place == last_place:
             raise StageError(f"{where} ({kind}): a profile has one stage {places[place]} and {last_kind} is "
                              f"already there ({', '.join(PLACES[places[place]])}: pick one)", "kind")
+        if kind == "earlytom" and last_kind == "frame-dedup":
+            raise StageError(f"{where} (earlytom) merges repeated frames itself: drop the frame-dedup stage", "kind")
+        if last_kind == "earlytom" and kind in BEFORE_LLM_KINDS:
+            raise StageError(f"{where} ({kind}): earlytom selects the tokens before the LLM itself; drop one of them",
+                             "kind")
         last_place, last_kind = place, kind
         settings = {key: value for key, value in stage.items() if key != "kind"}
         try:

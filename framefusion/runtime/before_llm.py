@@ -1,4 +1,5 @@
-"""The reductions between the vision encoder and the LLM: EVS, VidCom2, FastVID and HoliTom's outer step.
+"""The reductions between the vision encoder and the LLM: EVS, VidCom2, FastVID, HoliTom's outer step and EarlyTom's
+token selection (its frame merging runs inside the vision tower: runtime/vision_merge.py).
 
 Each runs on the embeddings entering decoder layer 0, video by video, and leaves every kept token at an original
 position (its rotary position, 1-D or M-RoPE, does not move). A method that merges tokens (FastVID, HoliTom) writes the
@@ -20,7 +21,8 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from framefusion.methods import evs, fastvid, holitom, vidcom2
+from framefusion.methods import earlytom, evs, fastvid, holitom, vidcom2
+from framefusion.runtime.vision_merge import VisionPlan
 
 FASTVID_VARIANTS = ("parallel", "segmentwise")
 # FastVID's reference settings per variant: the parallel one as measured on LLaVA-OneVision, the segment-wise one
@@ -31,6 +33,7 @@ FASTVID_RETAIN_RATIO = {"parallel": 0.10, "segmentwise": 0.27}
 class _FamilyTraits(Protocol):
     name: str
     fastvid_variant: str | None
+    merges_frames_in_tower: bool
 
 
 def _check_fraction(name: str, value: float, *, top_inclusive: bool) -> None:
@@ -124,8 +127,54 @@ class HoliTom:
         return self
 
 
-BeforeLLM = EVS | VidCom2 | FastVID | HoliTom
-METHODS: dict[str, type] = {method.kind: method for method in (EVS, VidCom2, FastVID, HoliTom)}
+# EarlyTom's prune layers in its 26-layer SigLIP tower (the VideoMME row); other depths take the same shares.
+EARLYTOM_REFERENCE_LAYERS = ((8, 21, 23), 26)
+
+
+@dataclass(frozen=True)
+class EarlyTom:
+    """EarlyTom: frames merged inside the vision tower after the prune layers (Stage I, runtime/vision_merge.py), then
+    per segment the end frames' most attended tokens and one token per run of positions of the middle frames (Stage
+    II, here), `retain_ratio` of the video tokens in all. tau: the similarity from which frames stay in one segment;
+    max_window: segments are shorter than this; ema: the segment similarity's smoothing; layers: the tower's prune
+    layers (None: 8, 21, 23 of 26, scaled to the tower's depth). Defaults: the official VideoMME row."""
+
+    retain_ratio: float = 0.2
+    tau: float = 0.5
+    max_window: int = 6
+    ema: float = 0.9
+    layers: tuple[int, ...] | None = None
+    kind: ClassVar[str] = "earlytom"
+
+    def __post_init__(self) -> None:
+        _check_fraction("retain_ratio", self.retain_ratio, top_inclusive=True)
+        _check_fraction("ema", self.ema, top_inclusive=True)
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not -1 <= self.tau <= 1:
+            raise ValueError(f"tau must be a cosine in [-1, 1], got {self.tau!r}")
+        if isinstance(self.max_window, bool) or not isinstance(self.max_window, int) or self.max_window < 2:
+            raise ValueError(f"max_window must be a whole number >= 2, got {self.max_window!r}")
+        if self.layers is not None and (not self.layers or any(
+                isinstance(layer, bool) or not isinstance(layer, int) or layer < 0 for layer in self.layers)):
+            raise ValueError(f"layers must be tower layer indices >= 0, got {self.layers!r}")
+
+    def resolved(self, family: _FamilyTraits) -> EarlyTom:
+        if not family.merges_frames_in_tower:
+            raise ValueError(f"EarlyTom merges frames inside a vision tower that encodes them as a batch of images "
+                             f"(llava-onevision); {family.name}'s tower does not: use holitom, fastvid or vidcom2")
+        return self
+
+    def prune_layers(self, depth: int) -> tuple[int, ...]:
+        """The tower layers after which frames merge, ascending, for a tower of `depth` layers."""
+        if self.layers is not None:
+            if max(self.layers) >= depth:
+                raise ValueError(f"EarlyTom's layer {max(self.layers)} is past the vision tower's last ({depth - 1})")
+            return tuple(sorted(set(self.layers)))
+        reference, reference_depth = EARLYTOM_REFERENCE_LAYERS
+        return tuple(sorted({min(round(layer * depth / reference_depth), depth - 1) for layer in reference}))
+
+
+BeforeLLM = EVS | VidCom2 | FastVID | HoliTom | EarlyTom
+METHODS: dict[str, type] = {method.kind: method for method in (EVS, VidCom2, FastVID, HoliTom, EarlyTom)}
 
 
 def video_grids(patch_types: torch.Tensor) -> list[torch.Tensor]:
@@ -159,18 +208,22 @@ def frame_query_attention(features: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, dim=-1)
 
 
-def reduce(method: BeforeLLM, hidden_states: torch.Tensor, patch_types: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a (resolved) method on one prompt: hidden_states [L, d], patch_types [L].
+def reduce(method: BeforeLLM, hidden_states: torch.Tensor, patch_types: torch.Tensor,
+           vision_plan: VisionPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a (resolved) method on one prompt: hidden_states [L, d], patch_types [L]; vision_plan: EarlyTom's Stage I
+    result for the prompt's video (EarlyTom only).
 
     Returns (rows [L, d]: the input with merged tokens written at their kept positions, keep [L] bool): the tokens
     left are rows[keep]. Tokens that are not video are always kept.
     """
     if isinstance(method, EVS) and not method.per_video:
         return hidden_states, evs.keep_by_patch(hidden_states, patch_types, method.pruning_rate)
+    grids = video_grids(patch_types)
+    if isinstance(method, EarlyTom):
+        return _select_after_stage_one(method, hidden_states, grids, vision_plan)
     keep = torch.ones(patch_types.shape, dtype=torch.bool, device=hidden_states.device)
     rows = hidden_states
-    for grid in video_grids(patch_types):
+    for grid in grids:
         positions = grid.reshape(-1)
         frames = hidden_states[positions].reshape(*grid.shape, -1)  # [T, P, d]
         kept, tokens = _reduce_video(method, frames)
@@ -202,3 +255,27 @@ def _reduce_video(method: BeforeLLM, frames: torch.Tensor) -> tuple[torch.Tensor
     tokens, kept = holitom.reduce_in_place(features, attention, retain_ratio=method.retain_ratio, tau=method.tau,
                                            max_window=method.max_window, beta=method.beta, knn=method.knn)
     return kept, tokens
+
+
+def _select_after_stage_one(method: EarlyTom, hidden_states: torch.Tensor, grids: list[torch.Tensor],
+                            plan: VisionPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """EarlyTom's Stage II on the one video of a prompt whose frames Stage I merged: the first `plan.frames` frames
+    are real. Its tokens take the video's first positions in the official order (segments in time, a segment's first
+    frame, middle frames, last frame), as the official code numbers them from the video's start."""
+    if plan is None:
+        raise ValueError("EarlyTom selects tokens among the frames its vision stage merged, but no video was encoded "
+                         "under it: pass the pixel values (not precomputed features) or encode with the profile")
+    if len(grids) != 1 or grids[0].shape[0] != plan.frames_in:
+        raise ValueError("EarlyTom reduces prompts with one video, encoded under it just before; "
+                         f"this prompt has {len(grids)} video(s)")
+    grid = grids[0]
+    frames = hidden_states[grid[:plan.frames].reshape(-1)].reshape(plan.frames, grid.shape[1], -1)
+    tokens = earlytom.select_tokens(frames.float(), plan.scores.to(frames.device), plan.groups,
+                                    retain_ratio=method.retain_ratio, frames_in=plan.frames_in)
+    positions = grid.reshape(-1)[:tokens.shape[0]]
+    keep = torch.ones(hidden_states.shape[0], dtype=torch.bool, device=hidden_states.device)
+    keep[grid.reshape(-1)] = False
+    keep[positions] = True
+    rows = hidden_states.clone()
+    rows[positions] = tokens.to(rows.dtype)
+    return rows, keep

@@ -236,11 +236,12 @@ class PrefillReduction:
         self.sparsities.append(0.0)  # a layer that waits for the prune, at the token count merging left
         return None
 
-    def before_llm_step(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The reduction before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d]."""
+    def before_llm_step(self, hidden_states: torch.Tensor, vision_plan: Any = None) -> torch.Tensor:
+        """The reduction before layer 0: hidden_states [1, L, d] (the embeddings entering the LLM) -> [1, L', d].
+        vision_plan: EarlyTom's Stage I result for this prompt's video (runtime/vision_merge.py)."""
         method = self.settings.before_llm
         before = (self.length, self.num_video)
-        rows, keep = before_llm_reductions.reduce(method, hidden_states[0], self.patch_types)
+        rows, keep = before_llm_reductions.reduce(method, hidden_states[0], self.patch_types, vision_plan)
         if not bool(keep.all()):
             self._keep(keep)
             hidden_states = rows[keep].unsqueeze(0)

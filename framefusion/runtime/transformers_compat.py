@@ -161,6 +161,13 @@ def vision_encoder(model: torch.nn.Module, modality: str) -> Callable | None:
     return getattr(model.base_model, f"get_{modality}_features", None)
 
 
+def vision_encoder_layers(tower: torch.nn.Module) -> list[torch.nn.Module]:
+    """The encoder layers of a SigLIP/CLIP-style vision tower (`encoder.layers`; transformers 4 nested them under
+    `vision_model`). EarlyTom relies on each taking the frames' hidden states [T, N, D] as its first argument and
+    returning them as a tensor, with `layer_norm1` before a `self_attn` holding q_proj, k_proj, num_heads and scale."""
+    return list(getattr(tower, "vision_model", tower).encoder.layers)
+
+
 def needs_remote_code(error: BaseException) -> bool:
     """Whether from_pretrained refused `error` because the model needs its repository's code and
     `trust_remote_code=False` was passed (a ValueError that names the argument, on every tested release)."""

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 from framefusion.families.base import Family, VideoInputs, patches_per_side
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+    from framefusion.runtime.vision_merge import TowerParts
 
     from framefusion.families.kit import FamilyKit
 
@@ -24,6 +27,7 @@ class LlavaOnevision(Family):
     rank = 30
     default_similarity_lower_bound = 0.6
     fastvid_variant = "parallel"
+    merges_frames_in_tower = True
     similarity_source = "FrameFusion authors' LLaVA-Video example"
     importance_queries = 1
     # The HF port appends a single newline embedding after all frames; it is no spatial position.
@@ -49,6 +53,21 @@ class LlavaOnevision(Family):
                                      frame_size: tuple[int, int] | None) -> int | None:
         side = patches_per_side(config)
         return None if side is None else max(1, math.ceil(side / 2) ** 2)
+
+    def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
+        from framefusion.runtime import transformers_compat as compat
+        from framefusion.runtime.vision_merge import TowerParts
+
+        multimodal = self.multimodal_model(model)
+        if model.config.vision_feature_layer != -1:
+            return None  # features from an earlier layer (or several): Stage I's frames are not the ones spliced
+
+        def pool_scores(scores: torch.Tensor) -> torch.Tensor:
+            # The same 2-D pooling as the video features ([frames, patches, 1] through apply_pooling).
+            return multimodal.apply_pooling(scores[..., None].to(multimodal.image_newline.dtype))[..., 0].float()
+
+        tower = multimodal.vision_tower
+        return TowerParts(tower, compat.vision_encoder_layers(tower), pool_scores)
 
     def tiny_kit(self) -> FamilyKit:
         from framefusion.families.llava_onevision.kit import llava_onevision_kit

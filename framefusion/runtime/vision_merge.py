@@ -1,0 +1,170 @@
+"""EarlyTom's Stage I inside a vision tower that encodes a video's frames as a batch of images (SigLIP, CLIP):
+after each prune layer the frames are merged (framefusion.methods.earlytom.merge_frames), so later layers run on fewer.
+
+The tower's output is padded back to the frames it was given (the last merged frame repeated), so that the family's
+projector, pooling and splice see the shapes they expect; the merged frames come first. What Stage II needs (how many
+frames are real, the last prune layer's attention received, the groups) is the tower's `VisionPlan`, read by the
+runtime before layer 0 (runtime/before_llm.py).
+
+Layers are wrapped by replacing their instance `forward`, not by forward hooks, so that transformers' own output
+recorders (hidden_states) see the merged frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from framefusion.methods import earlytom
+
+# Frames whose attention is formed at once when rating tokens: bounds the [frames, heads, S, S] probabilities.
+ATTENTION_FRAMES_AT_ONCE = 4
+
+
+@dataclass(frozen=True)
+class TowerParts:
+    """What EarlyTom needs of a family's vision tower: the module whose forward encodes the frames (a batch of
+    images), its encoder layers (each with `layer_norm1` and a `self_attn` with q_proj, k_proj, num_heads, head_dim,
+    scale), and how the family pools a per-patch score [frames, patches] to its per-frame tokens [frames, S]."""
+
+    tower: nn.Module
+    layers: Sequence[nn.Module]
+    pool_scores: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class VisionPlan:
+    """Stage I's result on one encoding: frames_in frames went in; the first `frames` of the output are real (the
+    rest repeat the last); scores [frames, S] the last prune layer's attention received, pooled like the tokens;
+    groups the segments of the merged frames."""
+
+    frames_in: int
+    frames: int
+    scores: torch.Tensor
+    groups: list[tuple[int, int]]
+
+
+class FrameMergingTower:
+    """Stage I installed on a tower (`install` / `remove`, or as a context manager); `plan` is the last encoding's.
+
+    settings: a resolved framefusion.EarlyTom (its prune layers, tau, max_window, ema)."""
+
+    def __init__(self, parts: TowerParts, settings: Any):
+        self.parts = parts
+        self.settings = settings
+        self.prune_layers = settings.prune_layers(len(parts.layers))
+        self.plan: VisionPlan | None = None
+        self.active = True  # False: the tower runs as published (another profile's encoding)
+        self._last_merge: tuple[torch.Tensor, list[tuple[int, int]]] | None = None
+        self._replaced: list[tuple[nn.Module, Any]] = []
+
+    def install(self) -> None:
+        self._replace(self.parts.tower, self._tower_forward(self.parts.tower.forward))
+        for index in self.prune_layers:
+            layer = self.parts.layers[index]
+            self._replace(layer, self._layer_forward(layer, layer.forward, last=index == self.prune_layers[-1]))
+
+    def remove(self) -> None:
+        for module, previous in reversed(self._replaced):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+        self._replaced.clear()
+
+    def __enter__(self) -> FrameMergingTower:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def _replace(self, module: nn.Module, forward: Callable) -> None:
+        self._replaced.append((module, module.__dict__.get("forward")))
+        module.forward = forward
+
+    def _tower_forward(self, original: Callable) -> Callable:
+        def forward(pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return original(pixel_values, *args, **kwargs)
+            self._last_merge = None
+            output = original(pixel_values, *args, **kwargs)
+            frames_in = pixel_values.shape[0]
+            if self._last_merge is None:  # no prune layer ran (an empty batch)
+                return output
+            scores, groups = self._last_merge
+            self.plan = VisionPlan(frames_in, scores.shape[0], self.parts.pool_scores(scores), groups)
+            return _padded(output, frames_in)
+
+        return forward
+
+    def _layer_forward(self, layer: nn.Module, original: Callable, last: bool) -> Callable:
+        settings = self.settings
+
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if not self.active:
+                return original(hidden_states, *args, **kwargs)
+            # Only the last prune layer's attention reaches Stage II; the others merge the frames alone.
+            scores = (attention_received(layer, hidden_states) if last
+                      else hidden_states.new_zeros(hidden_states.shape[0], 1))
+            output = original(hidden_states, *args, **kwargs)
+            merged, merged_scores, groups = earlytom.merge_frames(
+                output, scores, tau=settings.tau, max_window=settings.max_window, ema=settings.ema, regroup=last)
+            if last:
+                self._last_merge = (merged_scores, groups)
+            return merged
+
+        return forward
+
+
+def attention_received(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The attention each patch receives in this layer, mean over heads and queries: hidden_states [T, N, D] (the
+    layer's input) -> [T, N] float32. The layer's own projections, a few frames at a time."""
+    attention = layer.self_attn
+    normed = layer.layer_norm1(hidden_states)
+    received = []
+    for chunk in normed.split(ATTENTION_FRAMES_AT_ONCE):
+        frames, patches, _ = chunk.shape
+        queries = attention.q_proj(chunk).view(frames, patches, attention.num_heads, -1).transpose(1, 2)
+        keys = attention.k_proj(chunk).view(frames, patches, attention.num_heads, -1).transpose(1, 2)
+        weights = torch.softmax((queries @ keys.transpose(-2, -1)).float() * attention.scale, dim=-1)
+        received.append(weights.mean(dim=(1, 2)))
+    return torch.cat(received)
+
+
+def _padded(output: Any, frames: int) -> Any:
+    """Every tensor of the tower's output with fewer than `frames` rows, its last row repeated up to `frames`."""
+    def pad(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and 0 < value.shape[0] < frames:
+            return torch.cat([value, value[-1:].expand(frames - value.shape[0], *value.shape[1:])])
+        if isinstance(value, tuple):
+            return tuple(pad(item) for item in value)
+        return value
+
+    for key in list(output.keys()):
+        output[key] = pad(output[key])
+    return output
+
+
+@contextlib.contextmanager
+def encoding_with(parts: TowerParts | None, settings: Any | None,
+                  installed: FrameMergingTower | None) -> Iterator[FrameMergingTower | None]:
+    """Encode under `settings` (a resolved EarlyTom, or None: the tower as published), whatever is installed: a
+    merger the runtime installed (`installed`) is set aside for the block."""
+    was_active = installed.active if installed is not None else False
+    if installed is not None:
+        installed.active = False
+    try:
+        if settings is None or parts is None:
+            yield None
+        else:
+            with FrameMergingTower(parts, settings) as merging:
+                yield merging
+    finally:
+        if installed is not None:
+            installed.active = was_active

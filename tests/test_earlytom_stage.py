@@ -1,0 +1,135 @@
+"""EarlyTom as a stage: its frame merging inside a real (tiny, random) SigLIP tower equals the pure Stage I function on
+that tower's own layer outputs and attention, its token selection before the LLM equals the pure Stage II function,
+and `ask`, the feature cache and the refusals work for a user."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import tiny_models
+from cli_checks import error_line
+from framefusion import EarlyTom, apply_framefusion, remove_framefusion
+from framefusion.families import family_for
+from framefusion.methods import earlytom
+from framefusion.runtime.vision_merge import attention_received, encoding_with
+from framefusion_cli.app import app
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
+SETTINGS = EarlyTom(retain_ratio=0.3, tau=0.3, max_window=6)
+
+
+def _model_and_video(frames: int = 8):
+    model = tiny_models.llava_onevision(attn="eager")
+    model.config.vision_config._attn_implementation = "eager"
+    return model, tiny_models.llava_video_inputs(frames)
+
+
+def test_the_attention_received_is_the_towers_own_attention():
+    model, inputs = _model_and_video()
+    tower = model.model.vision_tower
+    pixels = inputs["pixel_values_videos"][0]
+    with torch.no_grad():
+        output = tower(pixels, output_attentions=True, output_hidden_states=True)
+        received = attention_received(tower.encoder.layers[0], output.hidden_states[0])
+    assert torch.allclose(received, output.attentions[0].mean(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(received.sum(dim=1), torch.ones(len(pixels)), atol=1e-5)
+
+
+def test_the_towers_frames_merge_as_the_pure_function_and_come_back_padded():
+    model, inputs = _model_and_video()
+    tower = model.model.vision_tower
+    pixels = inputs["pixel_values_videos"][0]
+    with torch.no_grad():
+        published = tower(pixels, output_hidden_states=True)
+        layer = tower.encoder.layers[0]  # the tiny tower's only layer: the prune layer, and the last
+        scores = attention_received(layer, published.hidden_states[0])
+        merged, merged_scores, groups = earlytom.merge_frames(published.hidden_states[1], scores, tau=SETTINGS.tau,
+                                                              max_window=SETTINGS.max_window, ema=SETTINGS.ema,
+                                                              regroup=True)
+        parts = family_for(model).earlytom_tower(model)
+        with encoding_with(parts, SETTINGS, None) as merging:
+            output = tower(pixels, output_hidden_states=True)
+    plan = merging.plan
+    count = len(merged)
+    assert count < len(pixels) and (plan.frames_in, plan.frames, plan.groups) == (len(pixels), count, groups)
+    assert torch.allclose(output.hidden_states[1][:count], merged, atol=1e-6)
+    assert torch.equal(output.hidden_states[1][count:], merged[-1:].expand(len(pixels) - count, -1, -1))
+    assert torch.allclose(output.last_hidden_state[:count], tower.post_layernorm(merged), atol=1e-5)
+    assert torch.allclose(plan.scores, parts.pool_scores(merged_scores), atol=1e-6)
+    with torch.no_grad():  # outside the block the tower is the published one again
+        assert torch.equal(tower(pixels).last_hidden_state, published.last_hidden_state)
+
+
+def test_the_selection_before_the_llm_is_stage_two_at_the_videos_first_positions():
+    model, inputs = _model_and_video()
+    with torch.no_grad(), encoding_with(family_for(model).earlytom_tower(model), SETTINGS, None) as merging:
+        features = model.model.get_video_features(inputs["pixel_values_videos"], vision_feature_layer=-1,
+                                                  vision_feature_select_strategy="full").pooler_output
+    plan = merging.plan
+    frames, per_frame = 8, 16
+    video = features[0, :frames * per_frame].reshape(frames, per_frame, -1)
+    expected = earlytom.select_tokens(video[:plan.frames], plan.scores, plan.groups,
+                                      retain_ratio=SETTINGS.retain_ratio, frames_in=frames)
+    start = len(tiny_models.TEXT_BEFORE)
+    seen = {}
+
+    def keep_input(module, args, kwargs):
+        seen.setdefault("hidden_states", kwargs["hidden_states"])
+
+    first_attention = model.model.language_model.layers[0].self_attn
+    hook = first_attention.register_forward_pre_hook(keep_input, with_kwargs=True)
+    handle = apply_framefusion(model, merge=False, prune=False, before_llm=SETTINGS)
+    with torch.no_grad():
+        model(**inputs)
+    hook.remove()
+    length = inputs["input_ids"].shape[1]
+    kept = list(range(start + len(expected))) + list(range(start + frames * per_frame, length))
+    assert handle.stats.kept_positions == kept  # the selection, then the newline and the text after the video
+    layer = model.model.language_model.layers[0]
+    embeddings = model.model.get_input_embeddings()(inputs["input_ids"])[0]
+    rows = torch.cat([embeddings[:start], expected, features[0, frames * per_frame:], embeddings[start + 1 +
+                                                                                                  frames * per_frame:]])
+    assert torch.allclose(seen["hidden_states"][0], layer.input_layernorm(rows), atol=1e-5)
+    assert [step.kind for step in handle.stats.steps] == ["earlytom"]
+    remove_framefusion(model)
+    assert model.model.vision_tower.forward.__self__ is model.model.vision_tower  # the tower's own forward again
+
+
+def test_prune_layers_scale_with_the_towers_depth():
+    assert EarlyTom().prune_layers(26) == (8, 21, 23) and EarlyTom().prune_layers(27) == (8, 22, 24)
+    assert EarlyTom().prune_layers(1) == (0,) and EarlyTom(layers=(3, 1)).prune_layers(4) == (1, 3)
+    with pytest.raises(ValueError, match="layer 4 is past the vision tower's last"):
+        EarlyTom(layers=(4,)).prune_layers(4)
+
+
+def _ask(video, *extra: str, model: str = "random:tiny-llava-onevision"):
+    return CliRunner().invoke(app, ["ask", str(video), "What happens?", "--model", model, "--frames", "8",
+                                    "--max-new-tokens", "3", "--json", *extra])
+
+
+def test_ask_reports_the_merged_frames_and_a_cache_hit_answers_the_same(tmp_path):
+    video = shutil.copy(SAMPLE, tmp_path / "clip.mp4")
+    first, second = (_ask(video, "--profile", "earlytom") for _ in range(2))
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    first, second = json.loads(first.stdout), json.loads(second.stdout)
+    assert (first["cache"], second["cache"]) == ("miss", "hit")
+    tokens = first["tokens"]
+    assert tokens["frames_merged"] < tokens["frames"] and tokens["final"] < tokens["prompt"]
+    assert [stage["kind"] for stage in tokens["stages"]] == ["earlytom", "inner-merge"]
+    assert (second["answer"], second["tokens"]) == (first["answer"], first["tokens"])
+    baseline = json.loads(_ask(video, "--profile", "baseline").stdout)
+    assert baseline["cache"] == "miss"  # the earlytom entry holds merged frames: never the baseline's features
+    assert baseline["tokens"]["frames_merged"] is None
+
+
+def test_earlytom_is_refused_before_loading_on_a_packed_tower():
+    result = _ask(SAMPLE, "--profile", "earlytom", model="random:tiny-qwen2-vl")
+    line = error_line(result, 2, before_loading=True)
+    assert "EarlyTom merges frames inside a vision tower that encodes them as a batch of images" in line
+    assert line.endswith("use holitom, fastvid or vidcom2")
