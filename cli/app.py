@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand
 
 from framefusion import __version__
 from framefusion_cli import ask, bench, cache, calibrate, caption, chat, doctor, listing
 from framefusion_cli.console import EXIT_USAGE, print_error, stdout
+from framefusion_cli.placeholders import ReadableHelpCommand, ReadableHelpGroup
 
 
-class OneLineUsageErrors(TyperGroup):
+class OneLineUsageErrors(ReadableHelpGroup):
     """Usage errors (a missing argument, an unknown option, a value of the wrong type) as one line, like every other
     error, instead of click's usage block."""
 
@@ -81,8 +82,17 @@ def _reflowed(doc: Optional[str]) -> Optional[str]:
     return "\n\n".join(paragraph for paragraph in paragraphs if paragraph)
 
 
+def _every_command(typer_app: typer.Typer) -> Iterator[Any]:
+    yield from typer_app.registered_commands
+    for group in typer_app.registered_groups:
+        yield from _every_command(group.typer_instance)
+
+
 # The order of `framefusion --help`.
 for command in (ask, listing, caption, bench, calibrate, chat, cache, doctor):
     command.register(app)
-for registered in app.registered_commands:
+for registered in _every_command(app):
     registered.help = registered.help or _reflowed(registered.callback.__doc__)
+    # Placeholders a user reads in every command's help (framefusion_cli.placeholders); groups name their class.
+    if registered.cls in (None, TyperCommand):  # Typer's default: no command asked for a class of its own
+        registered.cls = ReadableHelpCommand

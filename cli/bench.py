@@ -22,7 +22,7 @@ from framefusion_cli.options import run_settings, shared_options
 DEFAULT_BENCH_MODEL = f"random:{default_benchmark_shape()}"
 
 ProfilesListOption = Annotated[str, typer.Option(
-    "--profiles", help="Comma-separated profiles to compare; speedups are against the first.")]
+    "--profiles", metavar="PROFILES", help="Comma-separated profiles to compare; speedups are against the first.")]
 RepeatOption = Annotated[int, typer.Option("--repeat", help="Measured rounds, interleaved across profiles (median).")]
 WarmupOption = Annotated[int, typer.Option("--warmup", help="Rounds run first and not counted.")]
 QuestionOption = Annotated[Optional[str], typer.Option("--question", help="The question every profile answers.")]

@@ -12,6 +12,7 @@ import typer
 from framefusion.errors import InputError
 from framefusion_cli import options as opt
 from framefusion_cli.console import run_guarded, stdout
+from framefusion_cli.placeholders import ReadableHelpGroup
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -27,7 +28,7 @@ def parse_age(text: str) -> float:
 def register(app: typer.Typer) -> None:
     cache_app = typer.Typer(help="The vision-feature cache that lets a second question about a video skip decoding "
                                  "and the vision encoder ($FRAMEFUSION_CACHE/features).", no_args_is_help=True)
-    app.add_typer(cache_app, name="cache")
+    app.add_typer(cache_app, name="cache", cls=ReadableHelpGroup)
 
     @cache_app.command()
     def info(json_output: opt.JsonOption = False, debug: opt.DebugOption = False) -> None:

@@ -17,7 +17,7 @@ from framefusion_cli.console import announce_loading, log, run_guarded, stderr, 
 from framefusion_cli.options import flag_for_setting, run_settings, shared_options
 
 SaveProfileOption = Annotated[Optional[str], typer.Option(
-    "--save-profile",
+    "--save-profile", metavar="NAME",
     help="Save a framefusion profile with the proposed S_th under this name, in the per-user profiles file "
          "(or --profiles-file, created if missing); use it with `ask --profile NAME`.")]
 CostOption = Annotated[float, typer.Option(

@@ -139,7 +139,8 @@ def caption(
                           gpus_per_worker=gpus_per_worker)
         if not options.debug:
             # Ray's C++ core logs routine notes at error level on stderr, Ray Data logs each run at info level;
-            # the progress bar and the records say what happened, and --debug keeps them all.
+            # the progress bar and the records say what happened, and --debug keeps them all. (Ray announces the
+            # level it reads; ray_session keeps that line off stderr.)
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         try:

@@ -138,6 +138,22 @@ def test_a_model_load_failure_in_a_worker_reaches_the_driver_with_its_setting():
     assert str(pickle.loads(base64.b64decode(_portable_error(Unpicklable("lost"))))) == "Unpicklable: lost"
 
 
+def test_rays_log_level_note_is_dropped_from_stderr_and_nothing_else(capfd, monkeypatch):
+    from framefusion.apps.caption.ray_stderr import without_ray_log_level_note
+
+    monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "fatal")
+    note = (b"[2026-12-05 17:14:38,678 I 9877 9877] logging.cc:303: Set ray log level from environment variable "
+            b"RAY_BACKEND_LOG_LEVEL to 3\n")
+    stderr_before = os.fstat(2)
+    with without_ray_log_level_note():  # what Ray's C++ core writes during ray.init, straight to the descriptor
+        os.write(2, b"W rpc_client.h:153: Failed to connect to GCS\n")
+        os.write(2, note)
+        os.write(2, b"E core_worker.cc: a real error\n")
+    assert capfd.readouterr().err.splitlines() == ["W rpc_client.h:153: Failed to connect to GCS",
+                                                   "E core_worker.cc: a real error"]
+    assert os.fstat(2) == stderr_before
+
+
 # --------------------------------------------------------------------------------------------------------
 # On a shared local Ray instance
 # --------------------------------------------------------------------------------------------------------
@@ -238,6 +254,24 @@ def _start_driver(folder: Path, output: Path) -> subprocess.Popen:
          "--workers", "1", *FAST],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
+
+
+@pytest.mark.slow
+def test_the_driver_keeps_rays_own_notes_off_stderr(folder, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes((folder / "a.mp4").read_bytes())
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_BACKEND_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", _LAUNCH, "caption", str(videos), "--output", str(tmp_path / "captions.jsonl"),
+         "--engine", "ray", "--workers", "1", *FAST],
+        capture_output=True, text=True, timeout=300, env=dict(environment, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    # Ray's C++ core announces the log level the command sets ("logging.cc: Set ray log level from environment
+    # variable RAY_BACKEND_LOG_LEVEL to 3"), and logs routine notes at error level below it: none of them shows.
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("1 Ray worker, each"), result.stderr
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ kept to our own progress and errors."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,44 @@ def test_help_reads_at_80_columns_and_names_the_extras_and_the_exit_codes():
     assert "layer by layer, and propose FrameFusion's similarity threshold" in calibrate
     caption = runner.invoke(app, ["caption", "--help"], env={"COLUMNS": "200"}).stdout
     assert "'framefusion[ray]'" in caption
+
+
+def _every_command_path(command, path=()):
+    yield path
+    for name, subcommand in getattr(command, "commands", {}).items():
+        yield from _every_command_path(subcommand, (*path, name))
+
+
+# Typer 0.2x's placeholders from Python types: `--json <bool>` (a flag takes no value), `<list[str]>`, `{video}`.
+TYPE_PLACEHOLDERS = re.compile(r"<bool>|<list|\[(?:str|int|float|bool|Path)\]|\{\w+\}")
+
+
+def test_no_help_shows_a_python_type_as_a_placeholder():
+    import typer
+
+    paths = list(_every_command_path(typer.main.get_command(app)))
+    assert ("ask",) in paths and ("cache", "clear") in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        found = TYPE_PLACEHOLDERS.findall(result.stdout)
+        assert not found, f"`framefusion {' '.join(path)} --help` shows {found}:\n{result.stdout}"
+
+    def help_of(*path):
+        return runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).stdout
+
+    def row(text, option):
+        [line] = [line for line in text.splitlines() if f" {option} " in line]
+        return " ".join(line.strip("│ ").split())
+
+    ask = help_of("ask")
+    assert "Usage: framefusion ask [OPTIONS] VIDEO QUESTIONS..." in ask
+    assert row(ask, "questions...").startswith("* questions... <str> One or more questions")
+    assert row(ask, "--json").startswith("--json Print only JSON")
+    assert row(ask, "--help").startswith("--help -h Show this message")
+    assert "Usage: framefusion calibrate [OPTIONS] [VIDEOS]..." in help_of("calibrate")
+    assert row(help_of("bench"), "--profiles").startswith("--profiles PROFILES Comma-separated")
+    assert row(help_of(), "--version").startswith("--version Show the version")
 
 
 def test_version_answers_without_importing_torch():

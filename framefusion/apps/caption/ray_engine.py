@@ -154,6 +154,7 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
     A local instance never outlives this process, however it ends: Ray ties its daemons to it, and a reaper
     process ends the two agents that would otherwise linger for a minute after a kill -9."""
     from framefusion.apps.caption.process_reaper import ProcessReaper
+    from framefusion.apps.caption.ray_stderr import without_ray_log_level_note
 
     if ray.is_initialized():
         yield False
@@ -161,10 +162,11 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     reaper = ProcessReaper.start() if address is None else None
     try:
-        if address is None:
-            ray.init(include_dashboard=False, **quiet)
-        else:
-            ray.init(address=address, **quiet)
+        with without_ray_log_level_note():
+            if address is None:
+                ray.init(include_dashboard=False, **quiet)
+            else:
+                ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as error:
         if reaper is not None:
             reaper.stop()
