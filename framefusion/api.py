@@ -85,8 +85,9 @@ def apply_framefusion(
         least changed since the previous frame; the first frame stays), keeping every token's position; in [0, 1).
         With merge and prune off, EVS alone runs. Shorthand for before_llm=EVS(evs_pruning_rate).
     before_llm: a reduction between the vision encoder and the LLM, which keeps every token's position:
-        framefusion.EVS, VidCom2, FastVID or HoliTom (docs/methods.md); FrameFusion's budget then applies to what it
-        kept. With merge and prune off, it alone runs.
+        framefusion.EVS, VidCom2, FastVID, HoliTom, or EarlyTom (which also merges frames inside the vision tower,
+        installed with it) (docs/methods.md); FrameFusion's budget then applies to what it kept. With merge and
+        prune off, it alone runs.
     inner_merge: framefusion.InnerMerge, HoliTom's and EarlyTom's merge inside the LLM, instead of FrameFusion's
         steps (pass merge=False, prune=False with it).
     reference_positions: where the family's reference code places rotary positions differently from transformers

@@ -64,3 +64,27 @@ def test_fastvid_is_refused_before_loading_where_it_was_not_measured():
     line = error_line(result, 2, before_loading=True)
     assert line.startswith("error: --profile fastvid: FastVID was measured on the LLaVA and Qwen-VL families, not on "
                            "smol") and line.endswith("use vidcom2 or holitom there, or name a variant")
+
+
+def _caption(folder: Path, output: Path, profile: str, *extra: str):
+    return runner.invoke(app, ["caption", str(folder), "--output", str(output), "--model",
+                               "random:tiny-llava-onevision", "--frames", "8", "--max-new-tokens", "2", "--profile",
+                               profile, *extra], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_caption_records_the_stages_of_the_published_methods(tmp_path, engine):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (folder / name).write_bytes(SAMPLE.read_bytes())
+    extra = ["--engine", "ray", "--workers", "1"] if engine == "ray" else []
+    for profile, kinds in (("holitom", ["holitom", "inner-merge"]), ("earlytom", ["earlytom", "inner-merge"])):
+        output = tmp_path / f"{profile}.jsonl"
+        result = _caption(folder, output, profile, *extra)
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in output.read_text().splitlines()]
+        assert sorted(record["video"] for record in records) == ["a.mp4", "b.mp4"]
+        for record in records:
+            tokens = record["tokens"]
+            assert [stage["kind"] for stage in tokens["stages"]] == kinds and tokens["final"] < tokens["prompt"]
