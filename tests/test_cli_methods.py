@@ -88,3 +88,22 @@ def test_caption_records_the_stages_of_the_published_methods(tmp_path, engine):
         for record in records:
             tokens = record["tokens"]
             assert [stage["kind"] for stage in tokens["stages"]] == kinds and tokens["final"] < tokens["prompt"]
+
+
+@pytest.mark.slow
+def test_bench_sets_the_published_methods_side_by_side_with_their_own_vision_encoding():
+    result = runner.invoke(app, ["bench", "--model", "random:tiny-llava-onevision", "--frames", "8", "--repeat", "1",
+                                 "--warmup", "0", "--max-new-tokens", "2", "--profiles",
+                                 "baseline,framefusion,vidcom2,fastvid,holitom,earlytom", "--json"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    runs = {run["profile"]: run for run in json.loads(result.stdout)["results"]}
+    baseline = runs.pop("baseline")["tokens"]
+    for name, run in runs.items():
+        tokens = run["tokens"]
+        assert tokens["prompt"] == baseline["prompt"] and tokens["final"] < baseline["final"], name
+        assert run["timings"]["vision"] > 0, name
+    assert runs["earlytom"]["tokens"]["frames_merged"] < 8
+    assert all(run["tokens"]["frames_merged"] is None for name, run in runs.items() if name != "earlytom")
+    # The vision encoder ran for EarlyTom on its own (merging frames), and once for the profiles that encode alike.
+    assert "vision encoder (earlytom" in result.stderr
