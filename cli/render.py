@@ -40,10 +40,12 @@ def token_table(result: AskResult) -> Table:
         layer = "" if stage.layer is None else str(stage.layer)
         table.add_row(stage.name, layer, f"{stage.before:,}", f"{stage.after:,}")
     table.add_row(Text("final", style="bold"), "", "", Text(f"{tokens.final:,}", style="bold"))
-    table.caption = (
-        f"cost {tokens.cost:.3f} achieved (requested {tokens.requested_cost:g}); "
-        f"{tokens.prompt - tokens.final:,} tokens removed"
-    )
+    # A requested cost is FrameFusion's budget: profiles without its stage request none.
+    requested = f" (requested {tokens.requested_cost:g})" if result.settings.get("method", "none") != "none" else ""
+    table.caption = f"cost {tokens.cost:.3f} achieved{requested}; {tokens.prompt - tokens.final:,} tokens removed"
+    for stage in result.settings.get("stages", []):
+        if "substituted" in stage:
+            table.caption += f"; {stage['kind']} with {stage['substituted']} (docs/methods.md)"
     return table
 
 

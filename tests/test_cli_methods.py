@@ -46,8 +46,12 @@ def test_each_stage_is_reported_and_the_llm_gets_fewer_tokens(model, profile, ki
     result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", model, "--frames", "8", "--profile",
                                  profile, "--json", "--max-new-tokens", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    tokens = json.loads(result.stdout)["tokens"]
-    stages = tokens["stages"]
+    payload = json.loads(result.stdout)
+    tokens, stages = payload["tokens"], payload["tokens"]["stages"]
+    # The settings as they ran: nothing left to the family unresolved, and the substituted signals named.
+    for stage in payload["settings"]["stages"]:
+        assert None not in stage.values(), stage
+        assert ("substituted" in stage) == (stage["kind"] in ("fastvid", "holitom")), stage
     # FrameFusion after a reduction before the LLM merges, and prunes when merging left the budget unmet.
     later_kinds = {stage["kind"] for stage in stages[1:]}
     assert later_kinds <= set(kinds[1:]) and bool(later_kinds) == (len(kinds) > 1)

@@ -239,6 +239,9 @@ class VideoQA:
         handle = framefusion_handle(self.model)
         if handle is not None and "similarity_lower_bound" in settings:
             settings["similarity_lower_bound"] = handle.settings.similarity_lower_bound
+        if handle is not None:
+            for stage in settings.get("stages", []):
+                _fill_applied(stage, handle.settings)
         return settings
 
     def _token_report(self, clip: VideoClip, input_ids: torch.Tensor) -> TokenReport:
@@ -306,6 +309,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise InputError(f"unknown dtype: use auto, {', '.join(_DTYPES)}", setting="dtype", value=dtype)
     return _DTYPES[dtype]
+
+
+# Signals of the official code that transformers does not expose, and what stands in for them (docs/methods.md).
+SUBSTITUTED_SIGNALS = {"fastvid": "frame-mean query attention and frame-mean vector over the LLM input",
+                       "holitom": "frame-mean query attention over the LLM input"}
+
+
+def _fill_applied(stage: dict[str, Any], settings: Any) -> None:
+    """A stage's settings as they ran: the values left to the family or depth (None) filled from the applied
+    settings, and which official signals were substituted."""
+    applied = {"inner-merge": settings.inner_merge, "framefusion": settings}.get(stage["kind"], settings.before_llm)
+    if applied is not None and getattr(applied, "kind", stage["kind"]) == stage["kind"]:
+        for key, value in stage.items():
+            if value is None and hasattr(applied, key):
+                filled = getattr(applied, key)
+                stage[key] = list(filled) if isinstance(filled, tuple) else filled
+    if stage["kind"] in SUBSTITUTED_SIGNALS:
+        stage["substituted"] = SUBSTITUTED_SIGNALS[stage["kind"]]
 
 
 def check_frame_count(family: str | None, frames: int | None) -> None:
