@@ -17,6 +17,7 @@ from cli_checks import error_line
 from framefusion import EarlyTom, apply_framefusion, remove_framefusion
 from framefusion.families import family_for
 from framefusion.methods import earlytom
+from framefusion.runtime import transformers_compat as compat
 from framefusion.runtime.vision_merge import attention_received, encoding_with
 from framefusion_cli.app import app
 
@@ -126,6 +127,25 @@ def test_ask_reports_the_merged_frames_and_a_cache_hit_answers_the_same(tmp_path
     baseline = json.loads(_ask(video, "--profile", "baseline").stdout)
     assert baseline["cache"] == "miss"  # the earlytom entry holds merged frames: never the baseline's features
     assert baseline["tokens"]["frames_merged"] is None
+
+
+def test_on_llava_next_video_the_class_token_and_the_unused_last_layer_stay_out():
+    """CLIP's features are the second-to-last layer's output without the class token: frames merge only in the layers
+    before, and the scores lose the class token as the features do."""
+    from framefusion.model_zoo.loading import load_model
+
+    loaded = load_model("random:tiny-llava-next-video", device="cpu", dtype=torch.float32)
+    model = loaded.model
+    parts = family_for(model).earlytom_tower(model)
+    layers = compat.vision_encoder_layers(model.model.vision_tower)
+    assert list(parts.layers) == layers[:-1]
+    pixels = torch.rand(6, 3, 112, 112)
+    with torch.no_grad(), encoding_with(parts, EarlyTom(tau=-1.0, max_window=6), None) as merging:
+        output = model.model.vision_tower(pixels, output_hidden_states=True)
+    plan = merging.plan
+    assert plan.frames < 6 and plan.scores.shape == (plan.frames, (112 // 14 // model.config.spatial_pool_stride) ** 2)
+    selected = output.hidden_states[model.config.vision_feature_layer]
+    assert torch.equal(selected[plan.frames:], selected[plan.frames - 1:plan.frames].expand(6 - plan.frames, -1, -1))
 
 
 def test_earlytom_is_refused_before_loading_on_a_packed_tower():

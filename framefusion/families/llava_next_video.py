@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 from framefusion.families.base import Family, VideoInputs
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from framefusion.families.kit import FamilyKit
+    from framefusion.runtime.vision_merge import TowerParts
 
 # Vicuna-style conversation of LLaVA-NeXT-Video: "USER: <video>\n... ASSISTANT:".
 LLAVA_VICUNA_CHAT_TEMPLATE = r"""
@@ -42,6 +44,7 @@ class LlavaNextVideo(Family):
     rank = 50
     default_similarity_lower_bound = 0.6
     fastvid_variant = "parallel"
+    merges_frames_in_tower = True
     similarity_source = "FrameFusion authors' LLaVA-Video example (LLaVA-style)"
     importance_queries = 1
     aliases = MappingProxyType({"llava-next-video-7b": "llava-hf/LLaVA-NeXT-Video-7B-hf"})
@@ -51,6 +54,19 @@ class LlavaNextVideo(Family):
         patches_per_side = config.vision_config.image_size // config.vision_config.patch_size
         # The pooler (average, max or conv) has kernel = stride and no padding: floor division per side.
         return (patches_per_side // config.spatial_pool_stride) ** 2
+
+    def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
+        from framefusion.runtime.vision_merge import batch_tower_parts
+
+        multimodal = self.multimodal_model(model)
+        config = model.config
+
+        def pool_scores(scores: torch.Tensor) -> torch.Tensor:
+            # The video pooler the features go through ([frames, patches, 1]).
+            return multimodal.vision_resampler(scores[..., None])[..., 0].float()
+
+        class_tokens = 1 if config.vision_feature_select_strategy == "default" else 0
+        return batch_tower_parts(multimodal.vision_tower, config.vision_feature_layer, pool_scores, class_tokens)
 
     def tiny_kit(self) -> FamilyKit:
         return llava_next_video_kit()

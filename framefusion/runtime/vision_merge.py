@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from framefusion.methods import earlytom
+from framefusion.runtime import transformers_compat as compat
 
 # Frames whose attention is formed at once when rating tokens: bounds the [frames, heads, S, S] probabilities.
 ATTENTION_FRAMES_AT_ONCE = 4
@@ -35,6 +36,21 @@ class TowerParts:
     tower: nn.Module
     layers: Sequence[nn.Module]
     pool_scores: Callable[[torch.Tensor], torch.Tensor]
+
+
+def batch_tower_parts(tower: nn.Module, feature_layer: Any, pool_scores: Callable[[torch.Tensor], torch.Tensor],
+                      class_tokens: int = 0) -> TowerParts | None:
+    """TowerParts of a SigLIP/CLIP tower whose features are hidden_states[feature_layer] (the output of layer
+    feature_layer - 1): only the layers up to that one can merge frames. class_tokens: leading tokens of each frame
+    that the features drop (CLIP's class token under the "default" strategy), dropped from the scores too. None when
+    the features come from several layers or from the embeddings."""
+    if isinstance(feature_layer, bool) or not isinstance(feature_layer, int):
+        return None
+    layers = compat.vision_encoder_layers(tower)
+    used = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
+    if used < 1:
+        return None
+    return TowerParts(tower, layers[:used], lambda scores: pool_scores(scores[:, class_tokens:]))
 
 
 @dataclass

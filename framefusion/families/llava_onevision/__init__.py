@@ -55,19 +55,15 @@ class LlavaOnevision(Family):
         return None if side is None else max(1, math.ceil(side / 2) ** 2)
 
     def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
-        from framefusion.runtime import transformers_compat as compat
-        from framefusion.runtime.vision_merge import TowerParts
+        from framefusion.runtime.vision_merge import batch_tower_parts
 
         multimodal = self.multimodal_model(model)
-        if model.config.vision_feature_layer != -1:
-            return None  # features from an earlier layer (or several): Stage I's frames are not the ones spliced
 
         def pool_scores(scores: torch.Tensor) -> torch.Tensor:
             # The same 2-D pooling as the video features ([frames, patches, 1] through apply_pooling).
             return multimodal.apply_pooling(scores[..., None].to(multimodal.image_newline.dtype))[..., 0].float()
 
-        tower = multimodal.vision_tower
-        return TowerParts(tower, compat.vision_encoder_layers(tower), pool_scores)
+        return batch_tower_parts(multimodal.vision_tower, model.config.vision_feature_layer, pool_scores)
 
     def tiny_kit(self) -> FamilyKit:
         from framefusion.families.llava_onevision.kit import llava_onevision_kit
