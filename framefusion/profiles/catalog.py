@@ -59,8 +59,8 @@ class Profile:
 
     def reduction_kwargs(self) -> dict | None:
         """Keyword arguments for `apply_framefusion(model, **kwargs)` (the stages before and inside the LLM, as the
-        library's objects); None
-        when nothing there is reduced (frame-dedup, before the vision encoder, changes nothing the LLM sees)."""
+        library's objects); None when nothing there is reduced (frame-dedup, before the vision encoder, changes nothing
+        the LLM sees)."""
         if self.method == "none" and self.before_llm is None and self.inner_merge is None:
             return None
         from framefusion.runtime.reduction import InnerMerge
@@ -73,7 +73,6 @@ class Profile:
         if self.inner_merge is not None:
             kwargs["inner_merge"] = InnerMerge(layer=self.inner_merge["layer"], ratio=self.inner_merge["ratio"])
         return kwargs
-
 
     def stages(self) -> list[dict]:
         """The profile as its ordered stages, each a mapping as a profiles file spells it."""
