@@ -111,3 +111,34 @@ def test_bench_sets_the_published_methods_side_by_side_with_their_own_vision_enc
     assert all(run["tokens"]["frames_merged"] is None for name, run in runs.items() if name != "earlytom")
     # The vision encoder ran for EarlyTom on its own (merging frames), and once for the profiles that encode alike.
     assert "vision encoder (earlytom" in result.stderr
+
+
+def test_chat_follows_up_from_the_cache_a_published_method_left():
+    result = runner.invoke(app, ["chat", str(SAMPLE), "--model", "random:tiny-llava-onevision", "--frames", "8",
+                                 "--max-new-tokens", "3", "--json", "--profile", "earlytom"],
+                           input="What happens?\nAnd then?\n/exit\n", catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    first, second = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    report = first["tokens"]["report"]
+    assert [stage["kind"] for stage in report["stages"]] == ["earlytom", "inner-merge"]
+    # The first layer's cache holds what EarlyTom kept (plus the answer so far); the follow-up adds only its own.
+    kept = report["stages"][0]["after"]
+    assert first["tokens"]["cached_first_layer"] == kept + first["new_tokens"] - 1
+    assert second["tokens"]["prefill"] < 40 and second["tokens"]["cached_first_layer"] == (
+        first["tokens"]["cached_first_layer"] + second["tokens"]["prefill"] + second["new_tokens"] - 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["random:tiny-qwen2.5-vl", "random:tiny-qwen3-vl", "random:tiny-llava-next-video",
+                                   "random:tiny-internvl", "random:tiny-smolvlm", "random:tiny-qwen3.5"])
+def test_holitom_runs_on_every_family(model):
+    from framefusion.families import family_by_name
+
+    if model.endswith("qwen3.5") and family_by_name("qwen3.5").refuses:
+        pytest.skip("Qwen3.5 needs a newer transformers")
+    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", model, "--frames", "8", "--profile",
+                                 "holitom", "--json", "--max-new-tokens", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    tokens = json.loads(result.stdout)["tokens"]
+    assert [stage["kind"] for stage in tokens["stages"]] == ["holitom", "inner-merge"]
+    assert tokens["final"] < tokens["stages"][0]["after"] < tokens["prompt"]
