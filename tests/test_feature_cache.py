@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -137,28 +136,59 @@ def test_clear_by_model_and_by_age(tmp_path):
     assert cache.clear() == 1 and cache.info().entries == 0
 
 
-WRITER = """
-import sys, torch
-from framefusion.pipeline.feature_cache import CachedVideo, FeatureCache
-cache = FeatureCache(sys.argv[1])
-for _ in range(15):
-    cache.store("s" * 40, CachedVideo("video", {"pooled": torch.full((20_000, 8), float(sys.argv[2]))}, {}, {}))
-"""
+def pooled_entry(value: float) -> CachedVideo:
+    return CachedVideo("video", {"pooled": torch.full((20_000, 8), value)}, {}, {})
 
 
-@pytest.mark.slow
-def test_two_processes_writing_the_same_entry_never_expose_a_partial_one(tmp_path):
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), value]) for value in ("1", "2")]
+def test_two_writers_of_one_entry_caught_mid_write_never_expose_a_partial_one(tmp_path, monkeypatch):
+    """Two writers of one key, each with its own FeatureCache as two processes would have, are both held half-way
+    through writing their file while a third reader loads the key; then both finish and their renames race."""
+    import threading
+
+    import safetensors.torch
+
+    key = "s" * 40
+    assert FeatureCache(tmp_path).store(key, pooled_entry(0.0))
+    half_written = threading.Barrier(3, timeout=60)  # both writers and the reader
+    go_on = threading.Barrier(3, timeout=60)
+
+    def save_in_two_halves(tensors, filename, metadata=None):
+        data = safetensors.torch.save(tensors, metadata=metadata)
+        with open(filename, "wb") as stream:
+            stream.write(data[: len(data) // 2])
+            stream.flush()
+            half_written.wait()
+            go_on.wait()
+            stream.write(data[len(data) // 2:])
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_in_two_halves)
+    stored = {}
+
+    def write(value: float) -> None:
+        stored[value] = FeatureCache(tmp_path).store(key, pooled_entry(value))
+
+    writers = [threading.Thread(target=write, args=(value,)) for value in (1.0, 2.0)]
+    for writer in writers:
+        writer.start()
     reader = FeatureCache(tmp_path)
-    seen = set()
-    while any(writer.poll() is None for writer in writers):
-        loaded = reader.load("s" * 40)
-        if loaded is not None:
-            pooled = loaded.features["pooled"]
-            assert pooled.shape == (20_000, 8) and bool((pooled == pooled[0, 0]).all())
-            seen.add(float(pooled[0, 0]))
-    assert [writer.wait() for writer in writers] == [0, 0]
-    assert reader.load("s" * 40) is not None and seen <= {1.0, 2.0}
+    try:
+        half_written.wait()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a damaged-entry warning is a failure here
+            during = reader.load(key)
+        assert during is not None and torch.equal(during.features["pooled"], torch.zeros(20_000, 8))
+        assert reader.info().entries == 1  # the halves are not entries
+    finally:
+        go_on.wait()
+        for writer in writers:
+            writer.join()
+    assert stored == {1.0: True, 2.0: True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        after = reader.load(key)
+    pooled = after.features["pooled"]
+    assert pooled.shape == (20_000, 8) and float(pooled[0, 0]) in (1.0, 2.0) and bool((pooled == pooled[0, 0]).all())
+    assert [path.name for path in tmp_path.glob("*/*")] == [f"{key}.safetensors"]  # no temporary file left
 
 
 def test_the_folder_comes_from_the_environment(tmp_path, monkeypatch):

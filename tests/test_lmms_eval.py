@@ -16,6 +16,7 @@ from framefusion.apps.lmms_eval.results import accuracy_speed_table, markdown
 
 REPO = Path(__file__).resolve().parent.parent
 LMMS_EVAL = Path(sys.executable).parent / "lmms-eval"
+SMOKE_TASK = REPO / "examples" / "lmms_eval"
 SMOKE_SAMPLES = 8
 
 
@@ -33,6 +34,22 @@ def run_smoke(profile: str, output: Path, cache: Path) -> Path:
     return found[0]
 
 
+def logged_samples(results: Path) -> list[dict]:
+    """The per-sample log (--log_samples) next to a results JSON, in document order."""
+    [samples_file] = results.parent.glob("*_samples_framefusion_smoke.jsonl")
+    return sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
+
+
+def smoke_task_rule():
+    """The smoke task's scoring module (examples/lmms_eval/utils.py), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("framefusion_smoke_utils", SMOKE_TASK / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms_eval")
@@ -44,7 +61,12 @@ def runs(tmp_path_factory):
 def test_smoke_run_writes_scores_next_to_cost_and_prefill_time(runs, profile):
     document = json.loads(runs[profile].read_text())
     scores = document["results"]["framefusion_smoke"]
-    assert 0.0 <= scores["accuracy,none"] <= 1.0
+    # The score is the task's own rule applied to the answers the run logged, one sample at a time, then averaged.
+    samples = logged_samples(runs[profile])
+    rule = smoke_task_rule()
+    rescored = [float(rule.answer_letter(sample["filtered_resps"]) == sample["target"]) for sample in samples]
+    assert [sample["accuracy"] for sample in samples] == rescored
+    assert scores["accuracy,none"] == pytest.approx(sum(rescored) / SMOKE_SAMPLES, abs=1e-12)
     assert document["n-samples"]["framefusion_smoke"]["effective"] == SMOKE_SAMPLES
     assert f"profile={profile}" in document["config"]["model_args"]
     throughput = document["throughput"]
@@ -60,9 +82,24 @@ def test_smoke_run_writes_scores_next_to_cost_and_prefill_time(runs, profile):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("profile", ["baseline", "framefusion"])
+def test_the_scored_answers_are_those_framefusion_gives_under_the_profile(runs, profile):
+    """What the run scored is the pipeline's answer to each prompt under the run's profile, cut where the task says."""
+    from framefusion.apps.lmms_eval.model import _question
+
+    task = json.loads(runs[profile].read_text())["configs"]["framefusion_smoke"]
+    options = _generation_options(dict(task["generation_kwargs"]))
+    documents = [json.loads(line) for line in (SMOKE_TASK / "data" / "questions.jsonl").read_text().splitlines()]
+    lmm = FrameFusionLMM(pretrained="random:tiny-qwen2-vl", profile=profile, frames=8)
+    for sample in logged_samples(runs[profile]):
+        video = str(SMOKE_TASK / "videos" / documents[sample["doc_id"]]["video"])
+        answer = lmm._answer(video, _question(sample["input"]), options["max_new_tokens"], options["temperature"])
+        assert sample["filtered_resps"] == _cut_at_stop_sequences(answer.answer, options["until"]), sample["doc_id"]
+
+
+@pytest.mark.slow
 def test_each_sample_carries_its_token_counts(runs):
-    samples_file = next(runs["framefusion"].parent.glob("*_samples_framefusion_smoke.jsonl"))
-    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    samples = logged_samples(runs["framefusion"])
     assert len(samples) == SMOKE_SAMPLES
     for sample in samples:
         counts = sample["token_counts"][0]
