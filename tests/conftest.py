@@ -1,6 +1,9 @@
 import os
+import socket
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,56 @@ def no_child_process_outlives_the_tests():
 def own_feature_cache(tmp_path_factory, monkeypatch):
     """Every test starts with an empty vision-feature cache of its own (never the user's)."""
     monkeypatch.setenv("FRAMEFUSION_FEATURE_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+
+
+# --- a hub of our own ------------------------------------------------------------------------------------------------
+class _RecordingHandler(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:
+        self.server.requests.append((self.command, self.path))  # type: ignore[attr-defined]
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def local_hub():
+    """An HTTP server on 127.0.0.1 that records each request in `.requests` and answers with `.status` (200 unless
+    changed); its address is `.url`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
+    server.requests = []  # type: ignore[attr-defined]
+    server.status = 200  # type: ignore[attr-defined]
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """An address where nothing listens: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def hub_allowed(monkeypatch):
+    """Undo the suite's HF_HUB_OFFLINE=1 for this test; returns a function that points the hub at a URL."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def use_endpoint(url: str) -> None:
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+
+    return use_endpoint

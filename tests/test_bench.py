@@ -7,10 +7,8 @@ No test asserts on timings: they depend on the machine; only their presence and 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from typer.testing import CliRunner
 
 from framefusion.apps.bench import (
     amdahl_limit,
@@ -22,24 +20,18 @@ from framefusion.apps.bench import (
 )
 from framefusion.errors import InputError
 from framefusion.pipeline.results import Timings
-from framefusion_cli.app import app as APP
 
-runner = CliRunner()
+from cli_checks import run_cli
+
 FAST = ["--frames", "4", "--repeat", "1", "--warmup", "0", "--max-new-tokens", "2", "--device", "cpu",
         "--dtype", "float32"]
-
-
-
-
-def invoke(*arguments: str):
-    return runner.invoke(APP, ["bench", *arguments])
 
 
 @pytest.fixture(scope="module", params=["random:tiny-qwen2-vl", "random:tiny-llava-onevision"])
 def bench_run(request, tmp_path_factory):
     """One `bench --json --plot` run: (model, payload, plot path)."""
     plot = tmp_path_factory.mktemp("plot") / "bench.png"
-    result = invoke("--model", request.param, *FAST, "--json", "--plot", str(plot))
+    result = run_cli("bench", "--model", request.param, *FAST, "--json", "--plot", str(plot))
     assert result.exit_code == 0, result.output
     return request.param, json.loads(result.stdout), plot
 
@@ -106,7 +98,7 @@ def test_plot_is_a_png(bench_run):
 # --- the table -------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_table_names_profiles_tokens_and_speedups():
-    result = invoke("--model", "random:tiny-qwen2-vl", *FAST, "--profiles", "baseline,framefusion,prune-only")
+    result = run_cli("bench", "--model", "random:tiny-qwen2-vl", *FAST, "--profiles", "baseline,framefusion,prune-only")
     assert result.exit_code == 0, result.output
     for text in ("baseline", "framefusion", "prune-only", "prompt", "prefill", "time to first token",
                  "Speedup over baseline", "merge (pre-attn) @0", "prune @"):
@@ -131,13 +123,13 @@ def test_bad_input_exits_2_before_loading(arguments, message, monkeypatch):
         raise AssertionError("the model was loaded before the input was checked")
 
     monkeypatch.setattr(framefusion.pipeline.video_qa, "open_video_qa", must_not_load)
-    result = invoke("--model", "random:tiny-qwen2-vl", *arguments)
+    result = run_cli("bench", "--model", "random:tiny-qwen2-vl", *arguments)
     assert result.exit_code == 2, result.output
     assert message in result.output
 
 
 def test_missing_video_is_reported(tmp_path):
-    result = invoke(str(tmp_path / "missing.mp4"), "--model", "random:tiny-qwen2-vl")
+    result = run_cli("bench", str(tmp_path / "missing.mp4"), "--model", "random:tiny-qwen2-vl")
     assert result.exit_code == 2
     assert "missing.mp4" in result.output
 
@@ -176,12 +168,63 @@ def test_profile_list_parsing_and_checks():
 def test_cpu_peak_memory_counts_what_a_run_allocates_even_after_earlier_runs_freed_theirs():
     import torch
 
-    from framefusion.runtime.peak_memory import MemoryMeter as _MemoryMeter
+    from framefusion.runtime.peak_memory import MemoryMeter
 
-    earlier = [torch.ones(5_000_000) for _ in range(4)]  # 80 MB allocated and freed before the measured run
+    # An earlier run's 80 MB in small blocks, freed: the allocator keeps them resident for reuse, so a run that
+    # allocates the same again would not raise the resident memory unless the meter hands them back to the OS first.
+    earlier = [torch.ones(16_000) for _ in range(1_250)]
     del earlier
-    with _MemoryMeter(torch.device("cpu")) as meter:
-        run = torch.ones(10_000_000)  # 40 MB, held long enough for the 5 ms sampler to see it
-        time.sleep(0.05)
-        del run
+    with MemoryMeter(torch.device("cpu")) as meter:
+        run = [torch.ones(16_000) for _ in range(625)]  # 40 MB in the same small blocks
+    del run
+    assert meter.peak_bytes >= 30 * 2**20
+
+
+@pytest.fixture
+def resident_memory_readings(monkeypatch):
+    """Counts each reading of this process's resident memory (psutil), so a test can wait for the meter's sampler
+    instead of sleeping. Returns a function that waits until the sampler has read the memory as it is now."""
+    import threading
+
+    import psutil
+
+    read = threading.Condition()
+    readings = [0]
+
+    class CountedProcess(psutil.Process):
+        def memory_info(self):
+            info = super().memory_info()
+            with read:
+                readings[0] += 1
+                read.notify_all()
+            return info
+
+    def wait_for_a_reading_of_now() -> None:
+        with read:  # the second reading from here on began after this point
+            target = readings[0] + 2
+            assert read.wait_for(lambda: readings[0] >= target, timeout=60), "the sampler stopped reading"
+
+    monkeypatch.setattr(psutil, "Process", CountedProcess)
+    return wait_for_a_reading_of_now
+
+
+def test_cpu_peak_memory_counts_what_a_run_frees_again_before_it_ends(resident_memory_readings):
+    import mmap
+
+    import psutil
+    import torch
+
+    from framefusion.runtime.peak_memory import MemoryMeter
+
+    with MemoryMeter(torch.device("cpu")) as meter:
+        # 40 MB held for a while, like a layer's activations. Mapped and unmapped by hand: blocks freed through the
+        # allocator may stay resident, an unmapped region surely does not.
+        activations = mmap.mmap(-1, 40 * 2**20)
+        for offset in range(0, len(activations), mmap.PAGESIZE):
+            activations[offset] = 1  # every page resident
+        held = psutil.Process().memory_info().rss
+        resident_memory_readings()
+        activations.close()
+        freed = psutil.Process().memory_info().rss
+    assert held - freed >= 30 * 2**20  # gone before the block ends: only a reading during the run can count it
     assert meter.peak_bytes >= 30 * 2**20

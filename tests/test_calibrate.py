@@ -1,27 +1,23 @@
 """`framefusion calibrate`: the proposed S_th follows the authors' rule on the model's real hidden states, a saved
 profile is what `ask` then runs, and bad input gets one line and exit code 2."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from framefusion.apps.calibrate import calibrate, collect_videos
 from framefusion.pipeline.video_qa import open_video_qa
 from framefusion.profiles.catalog import builtin_profiles, load_profiles
 from framefusion.video.synthetic import write_synthetic_video
 from framefusion.video import read_video
-from framefusion_cli.app import app
 
-from cli_checks import error_line
+from cli_checks import error_line, printed_json, run_cli
 
 import videos as test_videos
 
 MODEL = "random:tiny-qwen2-vl"
 FRAMES = 8
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +68,6 @@ def test_proposed_threshold_is_the_mean_of_first_layer_medians_computed_by_hand(
     assert result.family == "qwen2-vl" and result.family_default == 0.5
 
 
-def run_cli(*args: str):
-    return runner.invoke(app, ["calibrate", *args], catch_exceptions=False)
-
-
 def test_saved_profile_loads_and_ask_runs_with_its_threshold(two_videos, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("FRAMEFUSION_PROFILES", raising=False)
@@ -83,10 +75,8 @@ def test_saved_profile_loads_and_ask_runs_with_its_threshold(two_videos, tmp_pat
     user_file.parent.mkdir(parents=True)
     user_file.write_text("profiles:\n  mine:\n    description: An earlier profile of the user.\n    cost: 0.5\n")
 
-    result = run_cli(*map(str, two_videos), "--model", MODEL, "--frames", str(FRAMES),
-                     "--save-profile", "calibrated", "--json")
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout)
+    payload = printed_json(run_cli("calibrate", *two_videos, "--model", MODEL, "--frames", FRAMES,
+                                   "--save-profile", "calibrated", "--json"))
     threshold = payload["similarity_lower_bound"]
     # The rule, read back from the report itself: the mean over the videos of each one's median at layer 0.
     video_medians = [video["per_layer_medians"][0] for video in payload["videos"]]
@@ -100,10 +90,8 @@ def test_saved_profile_loads_and_ask_runs_with_its_threshold(two_videos, tmp_pat
     assert profiles["calibrated"].similarity_lower_bound == round(threshold, 4)
     assert profiles["calibrated"].method == "framefusion" and profiles["calibrated"].cost == 0.3
 
-    ask = runner.invoke(app, ["ask", str(two_videos[0]), "What happens?", "--model", MODEL, "--frames", str(FRAMES),
-                              "--profile", "calibrated", "--json", "--max-new-tokens", "2"], catch_exceptions=False)
-    assert ask.exit_code == 0, ask.output
-    answer = json.loads(ask.stdout)
+    answer = printed_json(run_cli("ask", two_videos[0], "What happens?", "--model", MODEL, "--frames", FRAMES,
+                                  "--profile", "calibrated", "--json", "--max-new-tokens", "2"))
     assert answer["profile"] == "calibrated"
     assert answer["settings"]["similarity_lower_bound"] == round(threshold, 4)
     assert answer["tokens"]["stages"][0]["name"].startswith("merge")
@@ -112,8 +100,8 @@ def test_saved_profile_loads_and_ask_runs_with_its_threshold(two_videos, tmp_pat
 def test_profile_saved_into_a_new_profiles_file_with_plot(two_videos, tmp_path):
     profiles_file = tmp_path / "new" / "profiles.yaml"
     plot = tmp_path / "similarity.png"
-    result = run_cli(str(two_videos[0]), "--model", MODEL, "--frames", str(FRAMES), "--save-profile", "mine",
-                     "--cost", "0.4", "--profiles-file", str(profiles_file), "--plot", str(plot))
+    result = run_cli("calibrate", two_videos[0], "--model", MODEL, "--frames", FRAMES, "--save-profile", "mine",
+                     "--cost", "0.4", "--profiles-file", profiles_file, "--plot", plot)
     assert result.exit_code == 0, result.output
     assert "proposed S_th" in result.stdout and "0 embeddings" in result.stdout
     assert f"--profile mine --profiles-file {profiles_file}" in " ".join(result.stdout.split())
@@ -123,24 +111,19 @@ def test_profile_saved_into_a_new_profiles_file_with_plot(two_videos, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def expect_one_line_usage_error(result, *words):
-    error_line(result, 2, *words)
-
-
 def test_no_videos_is_a_usage_error():
-    expect_one_line_usage_error(run_cli("--model", MODEL), "no videos given")
+    error_line(run_cli("calibrate", "--model", MODEL), 2, "no videos given")
 
 
 def test_a_folder_without_videos_is_a_usage_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a video")
     (tmp_path / "picture.png").write_bytes(b"\x89PNG")
-    expect_one_line_usage_error(run_cli(str(tmp_path), "--model", MODEL), str(tmp_path), "no video files",
-                                "2 other file(s)")
+    error_line(run_cli("calibrate", tmp_path, "--model", MODEL), 2, str(tmp_path), "no video files", "2 other file(s)")
 
 
 def test_a_file_that_is_no_video_is_a_usage_error(tmp_path):
     broken = test_videos.broken_videos(tmp_path)["text_named_mp4"]
-    expect_one_line_usage_error(run_cli(str(broken), "--model", MODEL), str(broken))
+    error_line(run_cli("calibrate", broken, "--model", MODEL), 2, str(broken))
 
 
 def test_a_model_without_adapter_is_a_usage_error(two_videos, monkeypatch):
@@ -148,8 +131,8 @@ def test_a_model_without_adapter_is_a_usage_error(two_videos, monkeypatch):
 
     # As if the family were unknown to FrameFusion: the model loads and runs, but nobody knows its video layout.
     monkeypatch.setattr(pipeline, "find_family", lambda model: None)
-    result = run_cli(str(two_videos[0]), "--model", MODEL, "--frames", str(FRAMES))
-    expect_one_line_usage_error(result, "no adapter", "qwen2-vl")
+    result = run_cli("calibrate", two_videos[0], "--model", MODEL, "--frames", FRAMES)
+    error_line(result, 2, "no adapter", "qwen2-vl")
 
 
 def test_folders_expand_to_their_videos(two_videos, tmp_path):

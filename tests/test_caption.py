@@ -13,13 +13,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from framefusion.apps.caption.local import (
     CSV_COLUMNS,
@@ -32,9 +30,9 @@ from framefusion.apps.caption.local import (
     settings_key,
 )
 from framefusion.profiles.catalog import get_profile
-from framefusion_cli.app import app
+from cli_checks import framefusion_command, read_jsonl, run_cli
 from processes import describe, descendants, still_running_after, wait_for_records
-from videos import write_indexed_video
+from videos import copied_videos, write_indexed_video, write_truncated_video
 
 MODEL = "random:tiny-qwen2-vl"
 FAST = ["--model", MODEL, "--frames", "4", "--max-new-tokens", "4", "--device", "cpu", "--backend", "pyav"]
@@ -63,13 +61,9 @@ def cli(qa, monkeypatch):
         return qa
 
     monkeypatch.setattr(pipeline, "open_video_qa", reuse_model)
-    runner = CliRunner()
 
-    def invoke(*args: str):
-        result = runner.invoke(app, ["caption", *map(str, args)])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
+    def invoke(*args: object):
+        return run_cli("caption", *args)
 
     invoke.loads = loads
     return invoke
@@ -86,16 +80,10 @@ def video_folder(tmp_path_factory) -> Path:
     write_indexed_video(folder, "odd.webm", seconds=1.0, fps=8, width=34, height=22, codec="libvpx-vp9")
     write_indexed_video(folder / "sub", "nested.mov", seconds=1.0, fps=8)
     (folder / "empty.mp4").write_bytes(b"")
-    whole = write_indexed_video(folder / "sub", "whole.mp4", seconds=3.0).read_bytes()
-    (folder / "sub" / "whole.mp4").unlink()
-    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    write_truncated_video(folder)
     (folder / "notes.mp4").write_text("these are notes, not a video\n" * 20)
     (folder / "readme.txt").write_text("not a video either")
     return folder
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def captions_by_video(records: list[dict]) -> Counter:
@@ -237,10 +225,7 @@ def test_folder_records_exit_status_resume_and_changed_settings(video_folder, tm
 
 
 def test_exit_0_when_every_video_is_captioned_and_no_model_when_nothing_is_left(video_folder, tmp_path, cli):
-    good_only = tmp_path / "good"
-    good_only.mkdir()
-    for name in ("short.mp4", "wide.mkv"):
-        (good_only / name).write_bytes((video_folder / name).read_bytes())
+    good_only = copied_videos(tmp_path / "good", {name: video_folder / name for name in ("short.mp4", "wide.mkv")})
     output = tmp_path / "captions.jsonl"
     assert cli(good_only, "--output", output, *FAST).exit_code == 0
     assert cli.loads == [MODEL]
@@ -274,10 +259,8 @@ def _abort_on_crash_files(path: str, settings: CaptionSettings):
 
 
 def test_a_decoder_crash_on_one_file_does_not_stop_the_batch(video_folder, tmp_path, qa):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for name in ("a.mp4", "crash.mp4", "z.mp4"):
-        (folder / name).write_bytes((video_folder / "short.mp4").read_bytes())
+    short = video_folder / "short.mp4"
+    folder = copied_videos(tmp_path / "videos", {"a.mp4": short, "crash.mp4": short, "z.mp4": short})
     settings = CaptionSettings(model=MODEL, profile="framefusion", prompt="Describe.", frames=4, max_new_tokens=4)
     run = CaptionRun(folder, settings, tmp_path / "captions.jsonl")
     summary = run.run(qa, worker=DecodeWorker(_abort_on_crash_files))
@@ -311,10 +294,8 @@ def _slow_decoder(path: str, settings: CaptionSettings):
 
 @pytest.mark.slow
 def test_timeout_bounds_decoding_and_the_model_and_the_next_video_still_works(video_folder, tmp_path, qa):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for name in ("a.mp4", "slow.mp4", "z.mp4"):
-        (folder / name).write_bytes((video_folder / "short.mp4").read_bytes())
+    short = video_folder / "short.mp4"
+    folder = copied_videos(tmp_path / "videos", {"a.mp4": short, "slow.mp4": short, "z.mp4": short})
     settings = CaptionSettings(model=MODEL, profile="framefusion", prompt="Describe.", frames=4, max_new_tokens=4,
                                timeout=5.0)
     started = time.monotonic()
@@ -335,28 +316,15 @@ def test_timeout_bounds_decoding_and_the_model_and_the_next_video_still_works(vi
 # Interruptions: the real command in a subprocess
 # --------------------------------------------------------------------------------------------------------
 
-_LAUNCH = (
-    "import sys; from framefusion_cli.app import app\n"
-    "sys.exit(app())"
-)
-
-
 def _start_cli(folder: Path, output: Path) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    return subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH, "caption", str(folder), "--output", str(output), *FAST],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
+    return subprocess.Popen(framefusion_command("caption", folder, "--output", output, *FAST),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.fixture
 def many_videos(video_folder, tmp_path) -> Path:
-    folder = tmp_path / "many"
-    folder.mkdir()
-    data = (video_folder / "short.mp4").read_bytes()
-    for index in range(8):
-        (folder / f"clip_{index:02d}.mp4").write_bytes(data)
-    return folder
+    return copied_videos(tmp_path / "many", {f"clip_{index:02d}.mp4": video_folder / "short.mp4" for index in range(8)})
 
 
 @pytest.mark.slow

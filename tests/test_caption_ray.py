@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 import ray
-from typer.testing import CliRunner
 
 from framefusion.apps.caption.local import CaptionRun, CaptionSettings
 from framefusion.apps.caption.ray_engine import KILL_WORKER_VARIABLE, RayOptions, check_videos_visible, plan_workers
 from framefusion.errors import InputError
 from framefusion.profiles.catalog import get_profile
-from framefusion_cli.app import app
+from cli_checks import framefusion_command, read_jsonl, run_cli
 from processes import command_line, describe, descendants, still_running_after, wait_for_records
-from videos import write_indexed_video
+from videos import copied_videos, write_indexed_video, write_truncated_video
 
 MODEL = "random:tiny-qwen2-vl"
 FAST = ["--model", MODEL, "--frames", "4", "--max-new-tokens", "4", "--device", "cpu", "--backend", "pyav"]
@@ -48,13 +47,9 @@ def ray_instance():
 @pytest.fixture
 def cli(monkeypatch):
     monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "fatal")  # what the command would set, undone after the test
-    runner = CliRunner()
 
-    def invoke(*args: str):
-        result = runner.invoke(app, ["caption", *map(str, args)])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result
+    def invoke(*args: object):
+        return run_cli("caption", *args)
 
     return invoke
 
@@ -67,15 +62,9 @@ def folder(tmp_path_factory) -> Path:
     write_indexed_video(folder, "b.mp4", seconds=2.0, fps=10, width=96, height=64)
     write_indexed_video(folder, "c.mkv", seconds=1.0, fps=12, width=80, height=48)
     write_indexed_video(folder, "d.mp4", seconds=1.5, fps=8, width=48, height=64)
-    whole = write_indexed_video(folder, "whole.mp4", seconds=3.0).read_bytes()
-    (folder / "whole.mp4").unlink()
-    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    write_truncated_video(folder)
     (folder / "notes.txt").write_text("not a video\n")
     return folder
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def local_captions(folder: Path, tmp_path: Path) -> dict[str, str]:
@@ -191,10 +180,7 @@ def test_ray_pool_gives_the_local_captions_spread_over_both_workers_and_resumes(
 @pytest.mark.slow
 def test_a_killed_worker_loses_no_record_and_its_video_is_retried_once(ray_instance, folder, tmp_path, cli,
                                                                          monkeypatch):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for name in GOOD:
-        (videos / name).write_bytes((folder / name).read_bytes())
+    videos = copied_videos(tmp_path / "videos", {name: folder / name for name in GOOD})
     # The worker dies on b.mp4 the first time (the retry captions it) and on d.mp4 both times (an error record).
     monkeypatch.setenv(KILL_WORKER_VARIABLE, "b.mp4=1,d.mp4=2")
     output = tmp_path / "captions.jsonl"
@@ -245,26 +231,20 @@ def test_a_node_that_cannot_read_a_video_is_named_before_any_model_loads(ray_ins
 # The driver in a subprocess, with its own Ray instance
 # --------------------------------------------------------------------------------------------------------
 
-_LAUNCH = "import sys; from framefusion_cli.app import app\nsys.exit(app())"
-
-
 def _start_driver(folder: Path, output: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH, "caption", str(folder), "--output", str(output), "--engine", "ray",
-         "--workers", "1", *FAST],
+        framefusion_command("caption", folder, "--output", output, "--engine", "ray", "--workers", "1", *FAST),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
 
 
 @pytest.mark.slow
 def test_the_driver_keeps_rays_own_notes_off_stderr(folder, tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    (videos / "a.mp4").write_bytes((folder / "a.mp4").read_bytes())
+    videos = copied_videos(tmp_path / "videos", {"a.mp4": folder / "a.mp4"})
     environment = {name: value for name, value in os.environ.items() if name != "RAY_BACKEND_LOG_LEVEL"}
     result = subprocess.run(
-        [sys.executable, "-c", _LAUNCH, "caption", str(videos), "--output", str(tmp_path / "captions.jsonl"),
-         "--engine", "ray", "--workers", "1", *FAST],
+        framefusion_command("caption", videos, "--output", tmp_path / "captions.jsonl", "--engine", "ray",
+                            "--workers", "1", *FAST),
         capture_output=True, text=True, timeout=300, env=dict(environment, HF_HUB_OFFLINE="1"),
     )
     assert result.returncode == 0, result.stderr
@@ -276,11 +256,7 @@ def test_the_driver_keeps_rays_own_notes_off_stderr(folder, tmp_path):
 
 @pytest.fixture
 def many_videos(folder, tmp_path) -> Path:
-    many = tmp_path / "many"
-    many.mkdir()
-    for index in range(12):
-        (many / f"clip_{index:02d}.mp4").write_bytes((folder / "a.mp4").read_bytes())
-    return many
+    return copied_videos(tmp_path / "many", {f"clip_{index:02d}.mp4": folder / "a.mp4" for index in range(12)})
 
 
 @pytest.mark.slow

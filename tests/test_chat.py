@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from framefusion.apps.chat import ChatSession
 from framefusion.model_zoo import load_model
 from framefusion.pipeline.video_qa import VideoQA
 from framefusion.profiles.catalog import get_profile
 from framefusion.video import read_video
-from framefusion_cli.app import app
+
+from cli_checks import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.mp4"
 
@@ -66,9 +66,9 @@ def test_follow_ups_compute_only_their_own_tokens_and_reset_starts_over():
 
 def test_chat_command_reads_questions_from_stdin_and_prints_a_json_line_per_turn(tmp_path):
     saved = tmp_path / "conversation.json"
-    result = CliRunner().invoke(app, [
-        "chat", str(SAMPLE), "--model", "random:tiny-qwen2-vl", "--frames", "8", "--max-new-tokens", "4",
-        "--device", "cpu", "--json"], input=f"What happens?\n\n/tokens\nAnd then?\n/save {saved}\n/exit\nnever asked\n")
+    result = run_cli("chat", SAMPLE, "--model", "random:tiny-qwen2-vl", "--frames", "8", "--max-new-tokens", "4",
+                     "--device", "cpu", "--json",
+                     input=f"What happens?\n\n/tokens\nAnd then?\n/save {saved}\n/exit\nnever asked\n")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     turns = [line for line in lines if "turn" in line]
@@ -80,7 +80,6 @@ def test_chat_command_reads_questions_from_stdin_and_prints_a_json_line_per_turn
 
 
 def test_chat_refuses_bad_input_before_loading(tmp_path):
-    result = CliRunner().invoke(app, ["chat", str(tmp_path / "missing.mp4"), "--model", "random:tiny-qwen2-vl"],
-                                input="hi\n")
+    result = run_cli("chat", tmp_path / "missing.mp4", "--model", "random:tiny-qwen2-vl", input="hi\n")
     assert result.exit_code == 2
     assert "missing.mp4" in result.stderr and "Traceback" not in result.output

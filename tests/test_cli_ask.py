@@ -4,26 +4,20 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from framefusion_cli.app import app
-
-from cli_checks import error_line
+from cli_checks import error_line, printed_json, run_cli
 
 import videos
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
-runner = CliRunner()
 
 
 def ask(*args: str):
-    return runner.invoke(app, ["ask", *args], catch_exceptions=False)
+    return run_cli("ask", *args)
 
 
 def ask_json(*args: str):
-    result = ask(*args, "--json", "--max-new-tokens", "4")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return printed_json(ask(*args, "--json", "--max-new-tokens", "4"))
 
 
 @pytest.mark.parametrize("model", ["random:tiny-qwen2-vl", "random:tiny-qwen2.5-vl", "random:tiny-llava-onevision"])
@@ -116,12 +110,12 @@ def test_debug_shows_the_traceback():
 
 
 def test_profiles_and_models_list_what_is_available():
-    result = runner.invoke(app, ["profiles", "--json"])
+    result = run_cli("profiles", "--json")
     assert result.exit_code == 0
     profiles = json.loads(result.stdout)
     assert {"baseline", "framefusion", "merge-only", "prune-only"} <= set(profiles)
     assert profiles["framefusion"]["cost"] == 0.3
-    result = runner.invoke(app, ["models", "--json"])
+    result = run_cli("models", "--json")
     assert result.exit_code == 0
     listing = json.loads(result.stdout)
     families = {item["family"]: item["similarity_lower_bound"] for item in listing["families"]}

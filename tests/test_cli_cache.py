@@ -8,18 +8,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from framefusion_cli.app import app
+from cli_checks import printed_json, read_jsonl, run_cli
+from videos import copied_videos
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.mp4"
 ASK = ["--frames", "8", "--max-new-tokens", "8", "--device", "cpu", "--json"]
 
 
 def ask(video, *extra: str, model: str = "random:tiny-qwen2-vl"):
-    result = CliRunner().invoke(app, ["ask", str(video), "What happens?", "--model", model, *ASK, *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout), result.stderr
+    result = run_cli("ask", video, "What happens?", "--model", model, *ASK, *extra)
+    return printed_json(result), result.stderr
 
 
 def comparable(payload: dict) -> dict:
@@ -66,42 +65,39 @@ def test_a_corrupted_or_unwritable_cache_is_a_miss_with_one_warning(tmp_path):
 
 
 def test_cache_info_and_clear(tmp_path):
-    runner = CliRunner()
     video = shutil.copy(SAMPLE, tmp_path / "clip.mp4")
     ask(video)
     ask(video, model="random:tiny-llava-onevision")
-    info = json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)
+    info = json.loads(run_cli("cache", "info", "--json").stdout)
     assert info["entries"] == 2 and info["bytes"] > 0 and info["folder"] == os.environ["FRAMEFUSION_FEATURE_CACHE"]
-    human = " ".join(runner.invoke(app, ["cache", "info"], env={"COLUMNS": "200"}).stdout.split())
+    human = " ".join(run_cli("cache", "info", env={"COLUMNS": "200"}).stdout.split())
     assert human.startswith(f"2 entries, {info['bytes'] / 1e6:.1f} MB of ") and info["folder"] in human
-    cleared = runner.invoke(app, ["cache", "clear", "--model", "random:tiny-qwen2-vl"])
+    cleared = run_cli("cache", "clear", "--model", "random:tiny-qwen2-vl")
     assert cleared.exit_code == 0 and "removed 1 entry" in cleared.stdout
-    assert runner.invoke(app, ["cache", "clear", "--older-than", "1h"]).stdout.strip() == "removed 0 entries"
-    bad = runner.invoke(app, ["cache", "clear", "--older-than", "soon"])
+    assert run_cli("cache", "clear", "--older-than", "1h").stdout.strip() == "removed 0 entries"
+    bad = run_cli("cache", "clear", "--older-than", "soon")
     assert bad.exit_code == 2 and "--older-than soon" in bad.stderr
-    unasked = runner.invoke(app, ["cache", "clear"])  # stdin is not a terminal: nothing to answer a question with
+    unasked = run_cli("cache", "clear")  # stdin is not a terminal: nothing to answer a question with
     assert unasked.exit_code == 2 and "--yes" in unasked.stderr
-    nobody = runner.invoke(app, ["cache", "clear", "--model", "nope"])
+    nobody = run_cli("cache", "clear", "--model", "nope")
     assert nobody.exit_code == 2 and "--model nope" in nobody.stderr and "random:tiny-llava-onevision" in nobody.stderr
-    assert json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)["entries"] == 1  # nothing removed
-    assert "removed 1 entry" in runner.invoke(app, ["cache", "clear", "--yes"]).stdout
-    assert json.loads(runner.invoke(app, ["cache", "info", "--json"]).stdout)["entries"] == 0
+    assert json.loads(run_cli("cache", "info", "--json").stdout)["entries"] == 1  # nothing removed
+    assert "removed 1 entry" in run_cli("cache", "clear", "--yes").stdout
+    assert json.loads(run_cli("cache", "info", "--json").stdout)["entries"] == 0
 
 
 def test_caption_uses_the_cache_of_ask_and_gives_the_same_caption(tmp_path):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    shutil.copy(SAMPLE, folder / "clip.mp4")
+    folder = copied_videos(tmp_path / "videos", {"clip.mp4": SAMPLE})
     output = tmp_path / "captions.jsonl"
     arguments = ["caption", str(folder), "--model", "random:tiny-qwen2-vl", "--frames", "8", "--max-new-tokens", "8",
                  "--device", "cpu", "--backend", "pyav", "--prompt", "What happens?"]
-    first = CliRunner().invoke(app, [*arguments, "--output", str(output)])
+    first = run_cli(*arguments, "--output", str(output))
     assert first.exit_code == 0, first.output
-    [miss] = [json.loads(line) for line in output.read_text().splitlines()]
+    [miss] = read_jsonl(output)
     again = tmp_path / "again.jsonl"
-    second = CliRunner().invoke(app, [*arguments, "--output", str(again)])
+    second = run_cli(*arguments, "--output", str(again))
     assert second.exit_code == 0, second.output
-    [hit] = [json.loads(line) for line in again.read_text().splitlines()]
+    [hit] = read_jsonl(again)
     assert hit["caption"] == miss["caption"] and hit["tokens"] == miss["tokens"]
     assert hit["timings"]["vision"] == 0 and miss["timings"]["vision"] > 0
     # The same video asked about with the same sampling hits the entry caption left.

@@ -8,30 +8,29 @@ but the token counts, stages and exit codes are real.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 import pytest
-from framefusion_cli.app import app
-from typer.testing import CliRunner
 
 from framefusion.runtime import transformers_compat as compat
 from framefusion.families import registered_families, supported_families
 from framefusion.model_zoo import tiny_families
 
+from cli_checks import read_jsonl, run_cli
+from videos import copied_videos
+
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 FAST = ["--frames", "4", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32"]
 TINY_FAMILIES = tiny_families()
 FRAMES_AS_IMAGES = [family.name for family in registered_families() if family.video_modality == "image"]
-runner = CliRunner()
 
 
 def invoke(*arguments: str):
     """Run the CLI; returns the result after checking that no deprecation was warned or printed on the way."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = runner.invoke(app, list(arguments))
+        result = run_cli(*arguments)
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
     assert deprecations == []
     assert "FutureWarning" not in result.stderr and "DeprecationWarning" not in result.stderr, result.stderr
@@ -84,13 +83,11 @@ def test_without_pre_encoded_features_generate_encodes_and_answers_the_same(fami
 
 @pytest.mark.parametrize("family", FRAMES_AS_IMAGES)
 def test_caption_writes_a_reduced_record(family, tmp_path):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    shutil.copy(SAMPLE, folder / "sample.mp4")
+    folder = copied_videos(tmp_path / "videos", {"sample.mp4": SAMPLE})
     output = tmp_path / "captions.jsonl"
     result = invoke("caption", str(folder), "--output", str(output), "--model", f"random:tiny-{family}", *FAST)
     assert result.exit_code == 0, result.output
-    [record] = [json.loads(line) for line in output.read_text().splitlines()]
+    [record] = read_jsonl(output)
     assert record["video"] == "sample.mp4" and "error" not in record
     assert record["model"] == f"random:tiny-{family}" and 1 <= record["new_tokens"] <= 4
     assert_reduced(record["tokens"])

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from framefusion_cli.app import app
+from cli_checks import printed_json, run_cli
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"  # 6 s at 8 frames/s
 BASE = ["ask", str(SAMPLE), "What happens?", "--model", "random:tiny-qwen2-vl", "--max-new-tokens", "6", "--no-cache",
         "--json"]
-runner = CliRunner()
 
 
 def ask(*extra: str) -> dict:
-    result = runner.invoke(app, [*BASE, *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return printed_json(run_cli(*BASE, *extra))
 
 
 def test_sampling_with_the_same_seed_repeats_and_another_seed_differs():
@@ -80,9 +75,8 @@ def test_the_attention_backend_is_the_one_asked_for(attn, monkeypatch):
 
 
 def test_chat_in_plain_text_answers_and_resets():
-    result = runner.invoke(app, ["chat", str(SAMPLE), "--model", "random:tiny-qwen2-vl", "--frames", "4",
-                                 "--max-new-tokens", "3", "--no-cache"],
-                           input="What happens?\n/reset\nAnd then?\n/tokens\n")
+    result = run_cli("chat", SAMPLE, "--model", "random:tiny-qwen2-vl", "--frames", "4", "--max-new-tokens", "3",
+                     "--no-cache", input="What happens?\n/reset\nAnd then?\n/tokens\n")
     assert result.exit_code == 0, result.output
     assert result.stdout.count("A:") == 2
     assert "conversation reset" in result.stderr

@@ -8,15 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from framefusion_cli.app import app
-
-from cli_checks import error_line
+from cli_checks import error_line, run_cli
+from videos import copied_videos
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 TINY = ["--model", "random:tiny-qwen2-vl", "--frames", "4", "--max-new-tokens", "2", "--no-cache"]
-runner = CliRunner()
 
 
 @pytest.mark.parametrize("args, words", [
@@ -36,7 +33,7 @@ def test_bad_settings_are_refused_in_one_line_before_the_model_loads(args, words
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(loading, "_from_pretrained", never_loaded)
-    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, *args])
+    result = run_cli("ask", str(SAMPLE), "What happens?", *TINY, *args)
     error_line(result, 2, *words, before_loading=True)
 
 
@@ -44,7 +41,7 @@ def test_a_mistyped_chat_command_is_a_note_and_the_conversation_goes_on(tmp_path
     saved = tmp_path / "chat.json"
     lines = ["/tokens", "/save", f"/save {tmp_path / 'missing' / 'chat.json'}", "/bogus", "What happens?",
              f"/save {saved}", "quit", "never asked"]
-    result = runner.invoke(app, ["chat", str(SAMPLE), *TINY, "--json"], input="\n".join(lines) + "\n")
+    result = run_cli("chat", str(SAMPLE), *TINY, "--json", input="\n".join(lines) + "\n")
     assert result.exit_code == 0, result.output
     turns = [json.loads(line) for line in result.stdout.splitlines()]
     assert [turn["question"] for turn in turns] == ["What happens?"]  # "quit" ended it; nothing after was asked
@@ -56,13 +53,13 @@ def test_a_mistyped_chat_command_is_a_note_and_the_conversation_goes_on(tmp_path
 
 @pytest.mark.parametrize("word", ["/exit", "/quit", "exit", "quit", "QUIT"])
 def test_every_way_to_leave_chat_ends_it_without_asking_the_model(word):
-    result = runner.invoke(app, ["chat", str(SAMPLE), *TINY, "--json"], input=f"{word}\nWhat happens?\n")
+    result = run_cli("chat", str(SAMPLE), *TINY, "--json", input=f"{word}\nWhat happens?\n")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == ""
 
 
 def test_stderr_holds_only_our_progress_when_it_is_not_a_terminal():
-    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--json"])
+    result = run_cli("ask", str(SAMPLE), "What happens?", *TINY, "--json")
     assert result.exit_code == 0, result.output
     assert [line for line in result.stderr.splitlines() if line.strip()] == ["loading random:tiny-qwen2-vl ..."]
 
@@ -74,25 +71,25 @@ def test_stderr_holds_only_our_progress_when_it_is_not_a_terminal():
     ([str(SAMPLE), "hi", "--frames", "x"], ["Invalid value for '--frames'"]),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args, words):
-    result = runner.invoke(app, ["ask", *args])
+    result = run_cli("ask", *args)
     error_line(result, 2, *words, before_loading=True)
 
 
 @pytest.mark.parametrize("model, suggestion", [("qwen2-vl2b", "qwen2-vl-2b"), ("random:tiny-qwen2vl",
                                                                                "random:tiny-qwen2-vl")])
 def test_a_mistyped_model_name_gets_a_did_you_mean(model, suggestion):
-    result = runner.invoke(app, ["ask", str(SAMPLE), "hi", "--model", model])
+    result = run_cli("ask", str(SAMPLE), "hi", "--model", model)
     assert result.exit_code == 2 and f"did you mean {suggestion!r}" in result.stderr
 
 
 def test_help_reads_at_80_columns_and_names_the_extras_and_the_exit_codes():
-    top = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    top = run_cli("--help", env={"COLUMNS": "80"}).stdout
     assert "Exit status: 0 success, 1 processing failed, 2 bad input or usage, 130" in " ".join(top.split())
     # A docstring's own line breaks are not kept: on a wide terminal calibrate's help is one line.
-    wide = runner.invoke(app, ["--help"], env={"COLUMNS": "300"}).stdout
+    wide = run_cli("--help", env={"COLUMNS": "300"}).stdout
     [calibrate] = [line for line in wide.splitlines() if "calibrate " in line]
     assert "layer by layer, and propose FrameFusion's similarity threshold" in calibrate
-    caption = runner.invoke(app, ["caption", "--help"], env={"COLUMNS": "200"}).stdout
+    caption = run_cli("caption", "--help", env={"COLUMNS": "200"}).stdout
     assert "'framefusion[ray]'" in caption
 
 
@@ -109,16 +106,18 @@ TYPE_PLACEHOLDERS = re.compile(r"<bool>|<list|\[(?:str|int|float|bool|Path)\]|\{
 def test_no_help_shows_a_python_type_as_a_placeholder():
     import typer
 
+    from framefusion_cli.app import app
+
     paths = list(_every_command_path(typer.main.get_command(app)))
     assert ("ask",) in paths and ("cache", "clear") in paths
     for path in paths:
-        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        result = run_cli(*path, "--help", env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         found = TYPE_PLACEHOLDERS.findall(result.stdout)
         assert not found, f"`framefusion {' '.join(path)} --help` shows {found}:\n{result.stdout}"
 
     def help_of(*path):
-        return runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).stdout
+        return run_cli(*path, "--help", env={"COLUMNS": "200"}).stdout
 
     def row(text, option):
         [line] = [line for line in text.splitlines() if f" {option} " in line]
@@ -146,55 +145,46 @@ def test_version_answers_without_importing_torch():
 
 
 def test_caption_refuses_a_format_its_output_file_contradicts_and_leaves_the_file_alone(tmp_path):
-    import shutil
-
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    shutil.copy(SAMPLE, folder / "clip.mp4")
-    by_extension = runner.invoke(app, ["caption", str(folder), "-o", str(tmp_path / "caps.csv"), "--format", "jsonl",
-                                       *TINY])
+    folder = copied_videos(tmp_path / "videos", {"clip.mp4": SAMPLE})
+    by_extension = run_cli("caption", folder, "-o", tmp_path / "caps.csv", "--format", "jsonl", *TINY)
     assert by_extension.exit_code == 2 and "--format jsonl" in by_extension.stderr
     assert not (tmp_path / "caps.csv").exists()
     csv_file = tmp_path / "caps.txt"
     csv_file.write_text("video,caption\nclip.mp4,hello\n")
-    by_content = runner.invoke(app, ["caption", str(folder), "-o", str(csv_file), *TINY])  # .txt: jsonl by default
+    by_content = run_cli("caption", str(folder), "-o", str(csv_file), *TINY)  # .txt: jsonl by default
     assert by_content.exit_code == 2 and "already holds csv records" in by_content.stderr
     assert csv_file.read_text() == "video,caption\nclip.mp4,hello\n"
 
 
 def test_caption_of_a_folder_without_videos_says_so_and_points_to_subfolders(tmp_path):
-    import shutil
-
-    (tmp_path / "sub").mkdir()
-    shutil.copy(SAMPLE, tmp_path / "sub" / "clip.mp4")
-    result = runner.invoke(app, ["caption", str(tmp_path), "-o", str(tmp_path / "caps.jsonl"), *TINY])
+    copied_videos(tmp_path / "sub", {"clip.mp4": SAMPLE})
+    result = run_cli("caption", str(tmp_path), "-o", str(tmp_path / "caps.jsonl"), *TINY)
     assert result.exit_code == 2 and "holds no videos directly (1 in its subfolders)" in result.stderr
     assert "--recursive" in result.stderr and not (tmp_path / "caps.jsonl").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = runner.invoke(app, ["caption", str(empty), "-o", str(tmp_path / "caps.jsonl"), *TINY])
+    result = run_cli("caption", str(empty), "-o", str(tmp_path / "caps.jsonl"), *TINY)
     assert result.exit_code == 2 and "holds no videos" in result.stderr and "--recursive" not in result.stderr
 
 
 def test_listings_read_at_80_columns_with_settings_as_yaml_writes_them():
-    profiles = runner.invoke(app, ["profiles"], env={"COLUMNS": "80"}).stdout
+    profiles = run_cli("profiles", env={"COLUMNS": "80"}).stdout
     assert "…" not in profiles and "{'" not in profiles
     assert "- kind: evs, pruning_rate: 0.75" in profiles
-    models = runner.invoke(app, ["models"], env={"COLUMNS": "80"}).stdout
+    models = run_cli("models", env={"COLUMNS": "80"}).stdout
     assert '{"spec"' not in models and "Qwen/Qwen2-VL-2B-Instruct" in models
     assert all(len(line) <= 80 for line in profiles.splitlines() + models.splitlines())
 
 
 def test_bench_and_chat_tables_keep_their_headings_whole_at_80_columns():
-    bench = runner.invoke(app, ["bench", "--model", "random:tiny-qwen2-vl", "--frames", "4", "--repeat", "1",
-                                "--warmup", "0", "--max-new-tokens", "2", "--profiles", "baseline,framefusion,evs",
-                                "--device", "cpu"], env={"COLUMNS": "80"})
+    bench = run_cli("bench", "--model", "random:tiny-qwen2-vl", "--frames", "4", "--repeat", "1",
+                    "--warmup", "0", "--max-new-tokens", "2", "--profiles", "baseline,framefusion,evs",
+                    "--device", "cpu", env={"COLUMNS": "80"})
     assert bench.exit_code == 0, bench.output
     assert "…" not in bench.stdout
     for heading in ("LLM prefill", "time to first token", "peak memory", "framefusion", "evs"):
         assert heading in bench.stdout
-    chat = runner.invoke(app, ["chat", str(SAMPLE), *TINY, "--show-tokens"], input="What happens?\n",
-                         env={"COLUMNS": "80"})
+    chat = run_cli("chat", SAMPLE, *TINY, "--show-tokens", input="What happens?\n", env={"COLUMNS": "80"})
     assert chat.exit_code == 0, chat.output
     assert "…" not in chat.stdout and "conversation" in chat.stdout and "generation" in chat.stdout
 
@@ -202,9 +192,9 @@ def test_bench_and_chat_tables_keep_their_headings_whole_at_80_columns():
 def test_compare_labels_each_question_and_sums_up_each_pair_without_the_feature_cache():
     args = ["ask", str(SAMPLE), "What happens?", "Anything else?", "--model", "random:tiny-qwen2-vl", "--frames", "4",
             "--max-new-tokens", "2", "--compare", "baseline"]
-    cached = runner.invoke(app, args[:-2])  # the same video asked once before, without --compare: its features cached
-    assert cached.exit_code == 0 and json.loads(runner.invoke(app, [*args[:-2], "--json"]).stdout)[0]["cache"] == "hit"
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    cached = run_cli(*args[:-2])  # the same video asked once before, without --compare: its features cached
+    assert cached.exit_code == 0 and json.loads(run_cli(*args[:-2], "--json").stdout)[0]["cache"] == "hit"
+    result = run_cli(*args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Q1: What happens?" in result.stdout and "Q2: Anything else?" in result.stdout
     assert result.stdout.count("framefusion vs baseline: final tokens") == 2
@@ -214,23 +204,23 @@ def test_compare_labels_each_question_and_sums_up_each_pair_without_the_feature_
 def test_a_feature_cache_hit_is_said_in_the_timing_table():
     args = ["ask", str(SAMPLE), "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "4",
             "--max-new-tokens", "2"]
-    first = runner.invoke(app, args, env={"COLUMNS": "200"})
-    again = runner.invoke(app, args, env={"COLUMNS": "200"})
+    first = run_cli(*args, env={"COLUMNS": "200"})
+    again = run_cli(*args, env={"COLUMNS": "200"})
     assert "feature cache" not in first.stdout
     assert "the video's features came from the feature cache" in again.stdout
 
 
 def test_max_frames_without_fps_warns_that_it_does_nothing():
-    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--max-frames", "8", "--json"])
+    result = run_cli("ask", str(SAMPLE), "What happens?", *TINY, "--max-frames", "8", "--json")
     assert result.exit_code == 0, result.output
     assert "warning: --max-frames caps sampling at a rate only" in result.stderr
-    quiet = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", *TINY, "--json"])
+    quiet = run_cli("ask", str(SAMPLE), "What happens?", *TINY, "--json")
     assert "warning" not in quiet.stderr
 
 
 def test_bench_samples_like_ask_with_a_rate_and_a_span():
-    result = runner.invoke(app, ["bench", str(SAMPLE), "--model", "random:tiny-llava-onevision", "--fps", "1",
-                                 "--start", "1", "--end", "5", "--repeat", "1", "--warmup", "0", "--max-new-tokens",
-                                 "1", "--device", "cpu", "--json"])
+    result = run_cli("bench", str(SAMPLE), "--model", "random:tiny-llava-onevision", "--fps", "1",
+                     "--start", "1", "--end", "5", "--repeat", "1", "--warmup", "0", "--max-new-tokens",
+                     "1", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     assert {run["tokens"]["frames"] for run in json.loads(result.stdout)["results"]} == {4}  # 4 s at 1 frame/s

@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
-import pytest
 import torch
 import transformers
 from huggingface_hub import constants
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from typer.testing import CliRunner
 
 from framefusion.apps import doctor as library
 from framefusion.runtime import transformers_compat as compat
 from framefusion.pipeline.video_qa import resolve_device, resolve_dtype
-from framefusion_cli.app import app
 
-runner = CliRunner()
+from cli_checks import printed_json, run_cli
 
 
 def doctor_json() -> dict:
-    result = runner.invoke(app, ["doctor", "--json"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    return printed_json(run_cli("doctor", "--json"))  # stdout holds the JSON and nothing else
 
 
 def distribution_version(name: str) -> str | None:
@@ -84,40 +75,11 @@ def test_hub_is_reported_offline_when_hf_hub_offline_is_set(monkeypatch):
     assert hub["endpoint"] == constants.ENDPOINT
 
 
-class _Answering(BaseHTTPRequestHandler):
-    def do_HEAD(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def hub_allowed(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    return lambda url: monkeypatch.setattr(constants, "ENDPOINT", url)
-
-
-def test_hub_is_probed_when_allowed(hub_allowed):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        hub_allowed(url)
-        hub = doctor_json()["hub"]
-        assert hub["endpoint"] == url and hub["state"] == "reachable" and hub["detail"].startswith("HTTP 200")
-    finally:
-        server.shutdown()
-        server.server_close()
-
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    hub_allowed(url)
+def test_hub_is_probed_when_allowed(hub_allowed, local_hub, closed_port_url):
+    hub_allowed(local_hub.url)
+    hub = doctor_json()["hub"]
+    assert hub["endpoint"] == local_hub.url and hub["state"] == "reachable" and hub["detail"].startswith("HTTP 200")
+    hub_allowed(closed_port_url)
     assert doctor_json()["hub"]["state"] == "unreachable"
 
 
@@ -140,7 +102,7 @@ def test_table_shows_the_facts_and_says_when_transformers_is_outside_the_tested_
 
 def table_rows() -> dict[str, str]:
     """The table's rows as label -> value (the first line of a wrapped value)."""
-    result = runner.invoke(app, ["doctor"], catch_exceptions=False)
+    result = run_cli("doctor")
     assert result.exit_code == 0, result.output
     rows = {}
     for line in result.stdout.splitlines():

@@ -4,7 +4,6 @@ backends; their frame layouts; Qwen3-VL's DeepStack after merging; MiniCPM-V's r
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ from framefusion.model_zoo import load_model, parse_model_spec
 from framefusion.runtime.reduction import MergedRows
 
 from cache_check import assert_cached_equals_recomputed
+from videos import moving_square_frames
 
 # Qwen3.5 where the installed transformers runs it (5.25 on; tests/test_hybrid_stacks.py checks the refusal before).
 FAMILIES = [name for name in ["qwen3-vl", "qwen3.5", "llava-next-video", "internvl", "smolvlm"]
@@ -35,23 +35,14 @@ CACHE_ATOL = {"qwen3.5": 1e-4}
 QUESTION = "What is happening in this video?"
 
 
-def sliding_square_frames() -> np.ndarray:
-    """uint8 (T, H, W, 3): a still gradient with a square sliding over it; most of each frame repeats."""
-    row = np.linspace(0, 200, SIDE, dtype=np.float32)
-    frames = np.broadcast_to(row[None, None, :, None], (FRAMES, SIDE, SIDE, 3)).copy()
-    for index in range(FRAMES):
-        frames[index, 30:60, 4 + index * 8 : 34 + index * 8] = 255
-    return frames.astype(np.uint8)
-
-
 def processor_inputs(processor, content=({"type": "video"},), with_video=True) -> dict:
     conversation = [{"role": "user", "content": [*content, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     if not with_video:
         return dict(processor(text=[prompt], return_tensors="pt"))
     metadata = {"fps": 4.0, "total_num_frames": FRAMES, "frames_indices": list(range(FRAMES))}
-    return dict(processor(text=[prompt], videos=processor_videos(sliding_square_frames()), video_metadata=[metadata],
-                          do_sample_frames=False, return_tensors="pt"))
+    return dict(processor(text=[prompt], videos=processor_videos(moving_square_frames(FRAMES, SIDE)),
+                          video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"))
 
 
 _LOADED: dict = {}
@@ -173,7 +164,7 @@ def test_prompts_without_video_pass_through_untouched(family):
 def test_an_image_is_not_taken_for_a_video(family_with_images):
     """Frames and images are the same tokens in these families: a lone image (or its tiles) is never reduced."""
     model, processor = loaded(family_with_images)
-    image = sliding_square_frames()[0]
+    image = moving_square_frames(FRAMES, SIDE)[0]
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))

@@ -18,8 +18,6 @@ import pytest
 import transformers
 from packaging.version import Version
 import torch
-from framefusion_cli.app import app
-from typer.testing import CliRunner
 
 import framefusion.families
 import tiny_models
@@ -41,6 +39,8 @@ from framefusion.families import (
 )
 from framefusion.model_zoo import parse_model_spec, tiny_families
 from framefusion.pipeline.video_qa import check_frame_count
+
+from cli_checks import run_cli
 
 BUILTIN_ORDER = ["qwen2-vl", "qwen2.5-vl", "llava-onevision", "qwen3-vl", "qwen3.5", "llava-next-video", "internvl",
                  "smolvlm", "minicpm-v"]
@@ -177,7 +177,7 @@ def test_a_third_party_family_lays_out_the_video_and_sets_the_defaults(third_par
 
 
 def test_framefusion_models_lists_a_third_party_family(third_party):
-    result = CliRunner().invoke(app, ["models", "--json"])
+    result = run_cli("models", "--json")
     assert result.exit_code == 0, result.output
     listing = json.loads(result.stdout)
     families = {item["family"]: item for item in listing["families"]}

@@ -19,6 +19,9 @@ from framefusion.video.synthetic import write_video_frames
 from framefusion.families import supported_families
 from framefusion.video import VideoClip, read_video
 
+from cli_checks import printed_json, run_cli
+from videos import moving_square_frames
+
 # Every family the installed transformers runs (Qwen3.5 from 5.25 on).
 FAMILIES = [name for name in ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3.5", "llava-onevision", "llava-next-video",
                               "internvl", "smolvlm"] if name in supported_families()]
@@ -87,18 +90,6 @@ def video_qa(family: str, profile: str = "baseline") -> VideoQA:
     return qa
 
 
-def still_then_moving(num_frames: int = 8, side: int = SIDE) -> np.ndarray:
-    """uint8 (T, side, side, 3): the first half one still picture, the second half a square moving over it."""
-    rows = np.linspace(0, 180, side, dtype=np.float32)
-    picture = np.stack([rows[:, None] + 0 * rows[None, :], rows[None, :] + 0 * rows[:, None],
-                        np.full((side, side), 90.0)], axis=-1).astype(np.uint8)
-    frames = np.repeat(picture[None], num_frames, axis=0)
-    for index in range(num_frames // 2, num_frames):
-        left = 8 + (index - num_frames // 2) * 16
-        frames[index, 40:70, left : left + 30] = 255
-    return frames
-
-
 def tensors(value) -> list[torch.Tensor]:
     """Every tensor of an encoder output field, in order (tuples per video and lists per layer followed down)."""
     if isinstance(value, torch.Tensor):
@@ -111,7 +102,7 @@ def tensors(value) -> list[torch.Tensor]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_features_of_the_encoded_frames_put_back_equal_encoding_every_frame(family):
     qa = video_qa(family)
-    clip = VideoClip.from_frames(still_then_moving(), fps=4.0)
+    clip = VideoClip.from_frames(moving_square_frames(8, SIDE, still_frames=4), fps=4.0)
     every = qa.prepare_video(clip)
     deduplicated = qa.prepare_video(clip, profile=get_profile("dedup"))
     # Per-frame families encode the still frame once, Qwen-VL its still temporal patch of 2 frames once.
@@ -133,7 +124,7 @@ def test_features_of_the_encoded_frames_put_back_equal_encoding_every_frame(fami
 def lossless_video(tmp_path_factory):
     """16 frames at 8 fps in ffv1/.mkv (decoded bit-identical): 8 of one still picture, then 8 that move."""
     path = tmp_path_factory.mktemp("dedup") / "still-then-moving.mkv"
-    return write_video_frames(path, still_then_moving(16), fps=8, codec="ffv1")
+    return write_video_frames(path, moving_square_frames(16, SIDE, still_frames=8), fps=8, codec="ffv1")
 
 
 def frames_seen_by_the_vision_tower(qa: VideoQA) -> tuple[list[int], object]:
@@ -234,19 +225,10 @@ def test_bench_gives_profiles_that_differ_before_the_vision_encoder_their_own_en
 @pytest.mark.parametrize("family, expected_encoded", [("llava-onevision", 5), ("qwen2-vl", 6)])
 def test_ask_json_with_the_dedup_profile_encodes_fewer_frames_and_answers_as_the_baseline(family, expected_encoded,
                                                                                          lossless_video):
-    import json
-
-    from typer.testing import CliRunner
-
-    from framefusion_cli.app import app
-
     def ask(profile: str) -> dict:
-        result = CliRunner().invoke(app, ["ask", str(lossless_video), "What happens?", "--model",
-                                          f"random:tiny-{family}", "--frames", "8", "--profile", profile,
-                                          "--max-new-tokens", "12", "--device", "cpu", "--dtype", "float32",
-                                          "--no-cache", "--json"])
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
+        return printed_json(run_cli("ask", lossless_video, "What happens?", "--model", f"random:tiny-{family}",
+                                    "--frames", "8", "--profile", profile, "--max-new-tokens", "12", "--device", "cpu",
+                                    "--dtype", "float32", "--no-cache", "--json"))
 
     baseline, deduplicated = ask("baseline"), ask("dedup")
     assert (baseline["tokens"]["frames"], deduplicated["tokens"]["frames"]) == (8, 8)
@@ -256,16 +238,8 @@ def test_ask_json_with_the_dedup_profile_encodes_fewer_frames_and_answers_as_the
 
 
 def test_compare_encodes_again_for_a_profile_that_differs_before_the_vision_encoder(lossless_video):
-    import json
-
-    from typer.testing import CliRunner
-
-    from framefusion_cli.app import app
-
-    result = CliRunner().invoke(app, ["ask", str(lossless_video), "What happens?", "--model", "random:tiny-qwen2-vl",
-                                      "--frames", "8", "--profile", "dedup", "--compare", "baseline",
-                                      "--max-new-tokens", "4", "--device", "cpu", "--json"])
-    assert result.exit_code == 0, result.output
-    deduplicated, baseline = json.loads(result.stdout)
+    deduplicated, baseline = printed_json(run_cli(
+        "ask", lossless_video, "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8", "--profile",
+        "dedup", "--compare", "baseline", "--max-new-tokens", "4", "--device", "cpu", "--json"))
     assert (deduplicated["tokens"]["frames_encoded"], baseline["tokens"]["frames_encoded"]) == (6, 8)
     assert deduplicated["answer"] == baseline["answer"]

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import framefusion.model_zoo.memory as memory
 import framefusion.pipeline.video_qa as pipeline
 import framefusion.video.pyav_reader as video_module
 import videos
-from cli_checks import error_line
+from cli_checks import error_line, run_cli
 from framefusion.apps.caption.local import find_videos
 from framefusion.errors import FrameFusionError, InputError, VideoError
 from framefusion.model_zoo.checkpoint_numbers import count_parameters_from_index, model_numbers_for_spec, model_numbers_from_folder
@@ -34,12 +33,10 @@ from framefusion.model_zoo.memory import estimate_memory
 from framefusion.model_zoo import ensure_tiny_checkpoint, list_shapes, load_shape, parse_model_spec
 from framefusion.profiles.catalog import get_profile
 from framefusion.video import VideoClip, enlarge_small_frames, read_video
-from framefusion_cli.app import app
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SAMPLE = REPOSITORY / "examples" / "sample.mp4"
 TINY = "random:tiny-qwen2-vl"
-runner = CliRunner()
 
 # What each hostile input must give: "answer" (exit 0) or the words its one-line error (exit 2) contains.
 HOSTILE_OUTCOMES = {
@@ -72,8 +69,8 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return {**videos.hostile_videos(folder), **videos.unusable_inputs(folder)}
 
 
-def ask(*args: str, catch: bool = False):
-    return runner.invoke(app, ["ask", *args], catch_exceptions=catch)
+def ask(*args: str):
+    return run_cli("ask", *args)
 
 
 def tiny_ask(path: Path, *extra: str):
@@ -412,11 +409,11 @@ def failing_invocations(tmp_path: Path, monkeypatch) -> dict[str, list[str]]:
                                                ("models", 1)])
 def test_debug_shows_the_full_traceback_on_every_command(command, exit_code, tmp_path, monkeypatch):
     arguments = failing_invocations(tmp_path, monkeypatch)[command]
-    plain = runner.invoke(app, arguments)
+    plain = run_cli(*arguments)
     assert plain.exit_code == exit_code, plain.output  # bad input 2; a failure of ours (the listing) 1
     assert "Traceback" not in plain.output
     assert plain.stderr.strip().splitlines()[-1].startswith("error:")
-    debug = runner.invoke(app, [*arguments, "--debug"])
+    debug = run_cli(*arguments, "--debug")
     assert debug.exit_code == plain.exit_code
     assert "Traceback" in debug.stderr
 
@@ -424,7 +421,7 @@ def test_debug_shows_the_full_traceback_on_every_command(command, exit_code, tmp
 def test_profiles_file_with_a_duplicate_key_names_file_line_and_key(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("profiles:\n  fast:\n    description: x\n    cost: 0.2\n    cost: 0.5\n")
-    result = runner.invoke(app, ["profiles", "--profiles-file", str(path)])
+    result = run_cli("profiles", "--profiles-file", str(path))
     assert_one_line_error(result, 2, str(path), "line 5", "duplicate key 'cost'")
 
 

@@ -10,18 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import transformers
 from framefusion.runtime import transformers_compat as compat
 from framefusion.model_zoo import ensure_tiny_checkpoint
-from framefusion_cli.app import app
 
-from cli_checks import error_line
+from cli_checks import error_line, run_cli
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 TINY = "random:tiny-qwen2-vl"
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -40,8 +37,8 @@ def kernelize_requests(monkeypatch) -> list[bool]:
 
 
 def ask(*extra: str):
-    return runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", TINY, "--frames", "2",
-                               "--max-new-tokens", "1", "--json", *extra], catch_exceptions=False)
+    return run_cli("ask", str(SAMPLE), "What happens?", "--model", TINY, "--frames", "2",
+                   "--max-new-tokens", "1", "--json", *extra)
 
 
 def test_the_seam_knows_whether_a_plain_load_kernelizes_and_its_options_prevent_it(kernelize_requests):
@@ -115,17 +112,17 @@ def assert_refused_before_loading(result, kernelize_requests: list[bool], *words
 
 def test_doctor_reports_what_transformers_and_framefusion_do_with_hub_kernels(monkeypatch):
     monkeypatch.delenv(compat.HUB_KERNELS_ENVIRONMENT, raising=False)
-    report = json.loads(runner.invoke(app, ["doctor", "--json"], catch_exceptions=False).stdout)["hub_kernels"]
+    report = json.loads(run_cli("doctor", "--json").stdout)["hub_kernels"]
     version, usable = compat.hub_kernels_package()
     assert report == {"kernelizes_by_default": compat.kernelizes_by_default(), "environment": None,
                       "kernels": version, "kernels_usable": usable, "used_by_default": False,
                       "unavailable": compat.hub_kernels_unavailable()}
 
     monkeypatch.setenv(compat.HUB_KERNELS_ENVIRONMENT, "0")
-    report = json.loads(runner.invoke(app, ["doctor", "--json"], catch_exceptions=False).stdout)["hub_kernels"]
+    report = json.loads(run_cli("doctor", "--json").stdout)["hub_kernels"]
     assert report["kernelizes_by_default"] is False and report["environment"] == "0"
     assert "USE_HUB_KERNELS=0" in report["unavailable"]
-    table = runner.invoke(app, ["doctor"], catch_exceptions=False).stdout
+    table = run_cli("doctor").stdout
     row = next(line for line in table.splitlines() if "hub kernels" in line)
     following = table.splitlines()[table.splitlines().index(row):][:4]  # the row, wrapped at the terminal's width
     assert "refused" in " ".join(" ".join(following).replace("│", " ").split())
@@ -133,5 +130,5 @@ def test_doctor_reports_what_transformers_and_framefusion_do_with_hub_kernels(mo
 
 @pytest.mark.parametrize("command", ["ask", "chat", "caption", "bench", "calibrate"])
 def test_every_command_that_loads_a_model_offers_the_flag(command):
-    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    result = run_cli(command, "--help", env={"COLUMNS": "200"})
     assert "--hub-kernels" in result.stdout

@@ -182,12 +182,10 @@ def test_bench_runs_on_the_published_shape():
     reduction inside the hybrid stack, timed against the baseline. About 3.5 GB of memory in float32."""
     import json
 
-    from framefusion_cli.app import app
-    from typer.testing import CliRunner
+    from cli_checks import run_cli
 
-    result = CliRunner().invoke(app, ["bench", "--model", "random:qwen3.5-0.8b", "--frames", "4", "--repeat", "1",
-                                      "--warmup", "0", "--max-new-tokens", "2", "--device", "cpu", "--dtype", "float32",
-                                      "--json"])
+    result = run_cli("bench", "--model", "random:qwen3.5-0.8b", "--frames", "4", "--repeat", "1", "--warmup", "0",
+                     "--max-new-tokens", "2", "--device", "cpu", "--dtype", "float32", "--json")
     assert result.exit_code == 0, result.output
     baseline, framefusion = json.loads(result.stdout)["results"]
     assert len(baseline["tokens"]["per_layer"]) == 24

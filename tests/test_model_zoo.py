@@ -35,6 +35,8 @@ from framefusion.model_zoo.building import (
 )
 from framefusion.model_zoo.kit import family_kit
 
+from videos import moving_square_frames
+
 FRAMES, SIDE = 8, 112
 QUESTION = "What is happening in this video?"
 
@@ -70,17 +72,6 @@ PUBLISHED_SIZES = {
     # Named 0.8B; counted as transformers builds it (no multi-token-prediction head, which it does not load).
     "qwen3.5-0.8b": 0.85,
 }
-
-
-def moving_square_frames(num_frames: int = FRAMES, side: int = SIDE) -> np.ndarray:
-    """uint8 frames (T, H, W, 3): a bright square sliding over a gradient, like a decoded video."""
-    row = np.linspace(0, 200, side, dtype=np.float32)
-    frames = np.repeat(np.repeat(row[None, None, :, None], side, axis=1), num_frames, axis=0)
-    frames = np.repeat(frames, 3, axis=3)
-    for index in range(num_frames):
-        left = 4 + index * 8
-        frames[index, 30:60, left : left + 30] = 255
-    return frames.astype(np.uint8)
 
 
 def video_inputs(processor, frames: np.ndarray, fps: float = 4.0):
@@ -129,7 +120,7 @@ def test_tiny_checkpoint_reloads_and_generates_from_video_frames(tiny_checkpoint
     assert type(model).__name__ == model_class
     assert model.config.get_text_config().num_hidden_layers == 8
 
-    inputs = video_inputs(processor, moving_square_frames())
+    inputs = video_inputs(processor, moving_square_frames(FRAMES, SIDE))
     video_token_id = processor.tokenizer.video_token_id
     assert int((inputs["input_ids"] == video_token_id).sum()) == expected_video_tokens
     if "mm_token_type_ids" in inputs:  # Qwen: the processor marks video tokens with type 2
@@ -264,7 +255,7 @@ def test_real_shape_model_builds_fast_and_generates(monkeypatch):
     loaded = load_model("random:llava-onevision-qwen2-0.5b", dtype=torch.float32, device="cpu")
     parameters = sum(p.numel() for p in loaded.model.parameters())
     assert parameters == load_shape("llava-onevision-qwen2-0.5b").parameter_count
-    inputs = video_inputs(loaded.processor, moving_square_frames(num_frames=2))
+    inputs = video_inputs(loaded.processor, moving_square_frames(2, SIDE))
     assert int((inputs["input_ids"] == loaded.processor.tokenizer.video_token_id).sum()) == 2 * 14 * 14 + 1
     with torch.no_grad():
         output = loaded.model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)

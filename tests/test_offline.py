@@ -10,10 +10,7 @@ import json
 import os
 import socket
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,45 +20,11 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from framefusion.model_zoo import build_tiny_checkpoint, tiny_families
 from framefusion.model_zoo.hub import HubState, hub_access, hub_status, probe_hub
 
+from cli_checks import framefusion_command
+
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
-LAUNCH = "import sys; from framefusion_cli.entry import main; sys.exit(main())"
 # Only a guard against a hang; the assertions are on exit codes and what the command printed.
 HANG_GUARD_SECONDS = 60
-
-
-class _RecordingHandler(BaseHTTPRequestHandler):
-    def do_HEAD(self) -> None:
-        self.server.requests.append((self.command, self.path))  # type: ignore[attr-defined]
-        self.send_response(self.server.status)  # type: ignore[attr-defined]
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_HEAD
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def local_hub() -> Iterator[ThreadingHTTPServer]:
-    """An HTTP server on 127.0.0.1 that records each request and answers with `.status` (200 unless changed)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
-    server.requests = []  # type: ignore[attr-defined]
-    server.status = 200  # type: ignore[attr-defined]
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def closed_port_url() -> str:
-    """An address where nothing listens: connections are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -71,19 +34,6 @@ def silent_server_url() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-
-
-@pytest.fixture
-def hub_allowed(monkeypatch):
-    """Undo the suite's HF_HUB_OFFLINE=1 for this test; returns a function that points the hub at a URL."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-
-    def use_endpoint(url: str) -> None:
-        monkeypatch.setattr(constants, "ENDPOINT", url)
-
-    return use_endpoint
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -106,11 +56,10 @@ def test_a_hub_with_server_errors_counts_as_unreachable(local_hub, hub_allowed):
     assert len(local_hub.requests) == 1  # no retries
 
 
-def test_a_closed_port_is_unreachable(hub_allowed):
-    url = closed_port_url()
-    status = probe_hub(url)
+def test_a_closed_port_is_unreachable(hub_allowed, closed_port_url):
+    status = probe_hub(closed_port_url)
     assert status.state is HubState.UNREACHABLE and not status.online
-    assert url in status.reason and "cannot be reached" in status.reason
+    assert closed_port_url in status.reason and "cannot be reached" in status.reason
 
 
 def test_a_hub_that_never_answers_is_unreachable(silent_server_url, hub_allowed):
@@ -131,8 +80,9 @@ def test_one_probe_serves_the_estimate_and_the_load(local_hub, hub_allowed):
     assert len(local_hub.requests) == 1
 
 
-def test_unreachable_hub_means_local_files_only_inside_the_block_and_nothing_changed_after(hub_allowed, tmp_path):
-    hub_allowed(closed_port_url())
+def test_unreachable_hub_means_local_files_only_inside_the_block_and_nothing_changed_after(hub_allowed, tmp_path,
+                                                                                          closed_port_url):
+    hub_allowed(closed_port_url)
     with hub_access() as hub:
         assert hub.state is HubState.UNREACHABLE
         assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
@@ -159,7 +109,7 @@ def run_command(*args: str, hf_home: Path, endpoint: str, offline: bool = False)
     environment.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint)
     if offline:
         environment["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, env=environment,
+    return subprocess.run(framefusion_command(*args), capture_output=True, text=True, env=environment,
                           check=False, timeout=HANG_GUARD_SECONDS)
 
 
@@ -168,9 +118,9 @@ def stderr_lines(process: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_first_command_without_hub_or_cache_fails_in_one_line(tmp_path):
+def test_readme_first_command_without_hub_or_cache_fails_in_one_line(tmp_path, closed_port_url):
     process = run_command("ask", str(SAMPLE), "What happens in this video?",
-                          hf_home=tmp_path / "empty-hf-home", endpoint=closed_port_url())
+                          hf_home=tmp_path / "empty-hf-home", endpoint=closed_port_url)
     lines = stderr_lines(process)
     assert process.returncode == 1, process.stderr
     assert len(lines) <= 3, process.stderr
@@ -201,11 +151,11 @@ def write_cached_hub_model(hf_home: Path, repo_id: str) -> Path:
 
 
 @pytest.mark.slow
-def test_cached_hub_model_runs_offline_when_the_hub_is_unreachable(tmp_path):
+def test_cached_hub_model_runs_offline_when_the_hub_is_unreachable(tmp_path, closed_port_url):
     repo_id = "framefusion-tests/cached-tiny"
     write_cached_hub_model(tmp_path / "hf-home", repo_id)
     process = run_command("ask", str(SAMPLE), "What happens?", "--model", repo_id, "--frames", "4",
-                          "--max-new-tokens", "3", "--json", hf_home=tmp_path / "hf-home", endpoint=closed_port_url())
+                          "--max-new-tokens", "3", "--json", hf_home=tmp_path / "hf-home", endpoint=closed_port_url)
     assert process.returncode == 0, process.stderr
     result = json.loads(process.stdout)
     assert result["model"] == repo_id

@@ -11,28 +11,27 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from framefusion.video.synthetic import write_video_frames
-from framefusion_cli.app import app
-from test_frame_dedup import still_then_moving
+
+from cli_checks import read_jsonl, run_cli
+from videos import moving_square_frames
 
 MODEL = ["--model", "random:tiny-llava-onevision", "--frames", "8", "--max-new-tokens", "2", "--device", "cpu",
          "--no-cache"]
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("one-path")
-    write_video_frames(folder / "still-then-moving.mkv", still_then_moving(16), fps=8, codec="ffv1")
+    write_video_frames(folder / "still-then-moving.mkv", moving_square_frames(16, still_frames=8), fps=8, codec="ffv1")
     return folder
 
 
 def caption_records(folder: Path, output: Path, *extra: str) -> list[dict]:
-    result = runner.invoke(app, ["caption", str(folder), "-o", str(output), "--profile", "dedup", *MODEL, *extra])
+    result = run_cli("caption", folder, "-o", output, "--profile", "dedup", *MODEL, *extra)
     assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in output.read_text().splitlines()]
+    return read_jsonl(output)
 
 
 def test_caption_on_the_local_engine_runs_the_profiles_frame_dedup(folder, tmp_path):
@@ -58,7 +57,7 @@ def test_caption_on_ray_workers_runs_the_profiles_frame_dedup(folder, tmp_path, 
 
 def test_chat_runs_the_profiles_frame_dedup(folder):
     video = folder / "still-then-moving.mkv"
-    result = runner.invoke(app, ["chat", str(video), "--profile", "dedup", "--json", *MODEL], input="What happens?\n")
+    result = run_cli("chat", video, "--profile", "dedup", "--json", *MODEL, input="What happens?\n")
     assert result.exit_code == 0, result.output
     [turn] = [json.loads(line) for line in result.stdout.splitlines()]
     report = turn["tokens"]["report"]

@@ -12,69 +12,30 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-)
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
+import tiny_models
 from framefusion.errors import InputError
 from framefusion.runtime.transformers_compat import cache_kwargs, output_cache
 from framefusion.families.qwen_vl.positions import remove_reference_positions, restore_reference_positions
 
-VOCAB = 128
-PAD_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, VISION_START_ID, VISION_END_ID = 0, 120, 121, 122, 123
+PAD_ID, IMAGE_PAD_ID, VIDEO_PAD_ID = tiny_models.TEXT["pad_token_id"], tiny_models.IMAGE_TOKEN, tiny_models.VIDEO_TOKEN
 PATCH, MERGE, TEMPORAL_PATCH, TOKENS_PER_SECOND = 14, 2, 2, 2
 PATCH_VALUES = 3 * TEMPORAL_PATCH * PATCH * PATCH  # one row of pixel_values: a flattened 3 x 2 x 14 x 14 patch
 
-TEXT_CONFIG = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    # head_dim 16: 8 rotary frequencies split over (temporal, height, width).
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-    # No end-of-sequence token, so greedy decoding never stops early.
-    eos_token_id=None,
-    bos_token_id=None,
-    pad_token_id=PAD_ID,
-)
-SPECIAL_IDS = dict(
-    image_token_id=IMAGE_PAD_ID,
-    video_token_id=VIDEO_PAD_ID,
-    vision_start_token_id=VISION_START_ID,
-    vision_end_token_id=VISION_END_ID,
-)
+
+def tiny_qwen(version: str) -> torch.nn.Module:
+    model = tiny_models.qwen2_vl(num_layers=2, version=version, tokens_per_second=TOKENS_PER_SECOND)
+    model.generation_config.eos_token_id = None  # greedy decoding never stops early
+    return model
 
 
-def tiny_qwen2_vl() -> Qwen2VLForConditionalGeneration:
-    torch.manual_seed(0)
-    vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE)
-    config = Qwen2VLConfig(text_config=TEXT_CONFIG, vision_config=vision, **SPECIAL_IDS)
-    return Qwen2VLForConditionalGeneration(config).eval()
+def tiny_qwen2_vl() -> torch.nn.Module:
+    return tiny_qwen("2")
 
 
-def tiny_qwen2_5_vl() -> Qwen2_5_VLForConditionalGeneration:
-    torch.manual_seed(0)
-    vision = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        out_hidden_size=64,
-        num_heads=2,
-        patch_size=PATCH,
-        spatial_merge_size=MERGE,
-        window_size=56,
-        fullatt_block_indexes=[1],
-        tokens_per_second=TOKENS_PER_SECOND,
-    )
-    config = Qwen2_5_VLConfig(text_config=TEXT_CONFIG, vision_config=vision, **SPECIAL_IDS)
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
+def tiny_qwen2_5_vl() -> torch.nn.Module:
+    return tiny_qwen("2.5")
 
 
 BUILDERS = {"qwen2_vl": tiny_qwen2_vl, "qwen2_5_vl": tiny_qwen2_5_vl}
@@ -319,7 +280,8 @@ def test_a_deep_copy_of_a_patched_model_computes_with_its_own_config():
 
 def test_other_models_are_left_alone():
     qwen3_config = Qwen3VLConfig(
-        text_config={**TEXT_CONFIG, "head_dim": 16},
+        text_config=dict(tiny_models.TEXT, num_hidden_layers=2, head_dim=16,
+                         rope_parameters=copy.deepcopy(tiny_models.QWEN_ROPE)),
         vision_config=dict(
             depth=1, hidden_size=32, intermediate_size=64, out_hidden_size=64, num_heads=2,
             deepstack_visual_indexes=[0], num_position_embeddings=16,

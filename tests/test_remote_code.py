@@ -8,15 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from framefusion.model_zoo import ensure_tiny_checkpoint
-from framefusion_cli.app import app
 
-from cli_checks import error_line
+from cli_checks import error_line, run_cli
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -37,8 +34,8 @@ def model_with_own_code(tmp_path) -> tuple[Path, Path]:
 
 
 def ask(folder: Path, *extra: str):
-    return runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", str(folder), "--frames", "4",
-                               "--max-new-tokens", "1", "--profile", "baseline", *extra], input="y\n")
+    return run_cli("ask", str(SAMPLE), "What happens?", "--model", str(folder), "--frames", "4",
+                   "--max-new-tokens", "1", "--profile", "baseline", *extra, input="y\n")
 
 
 def test_a_model_that_needs_its_own_code_is_refused_in_one_line_and_nothing_of_it_runs(model_with_own_code):

@@ -7,6 +7,8 @@ The processor -> generate path on real video files is covered through the model 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import (
     LlavaOnevisionConfig,
@@ -22,16 +24,20 @@ IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 290, 291, 292, 293
 TEXT_BEFORE = [1, 17, 23, 40, 41]
 TEXT_AFTER = [50, 61, 72, 83, 94, 105]
 
-_TEXT = dict(
+# The text stack every tiny model here shares (head_dim 16), and Qwen-VL's rotary split of it over (t, h, w).
+TEXT = dict(
     vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
     max_position_embeddings=8192, bos_token_id=1, eos_token_id=2, pad_token_id=0,
 )
+QWEN_ROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
 
 
-def qwen2_vl(num_layers: int = 8, attn: str = "sdpa", version: str = "2", seed: int = 0) -> torch.nn.Module:
+def qwen2_vl(num_layers: int = 8, attn: str = "sdpa", version: str = "2", seed: int = 0,
+             tokens_per_second: int = 4) -> torch.nn.Module:
+    """A tiny random Qwen2-VL (version "2") or Qwen2.5-VL ("2.5"); tokens_per_second: Qwen2.5-VL's temporal position
+    scale (positions per second of video)."""
     torch.manual_seed(seed)
-    text = dict(_TEXT, num_hidden_layers=num_layers,
-                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0})
+    text = dict(TEXT, num_hidden_layers=num_layers, rope_parameters=copy.deepcopy(QWEN_ROPE))
     vision = dict(depth=1, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2, in_chans=3, in_channels=3)
     tokens = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
@@ -41,7 +47,7 @@ def qwen2_vl(num_layers: int = 8, attn: str = "sdpa", version: str = "2", seed: 
         model_class = Qwen2VLForConditionalGeneration
     else:
         vision = dict(vision, intermediate_size=64, out_hidden_size=64, window_size=56, fullatt_block_indexes=[0],
-                      tokens_per_second=4)
+                      tokens_per_second=tokens_per_second)
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
         model_class = Qwen2_5_VLForConditionalGeneration
     config._attn_implementation = attn
@@ -52,7 +58,7 @@ def qwen2_vl(num_layers: int = 8, attn: str = "sdpa", version: str = "2", seed: 
 def llava_onevision(num_layers: int = 8, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
-        text_config=dict(_TEXT, model_type="qwen2", num_hidden_layers=num_layers),
+        text_config=dict(TEXT, model_type="qwen2", num_hidden_layers=num_layers),
         vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
                            num_hidden_layers=1, num_attention_heads=2, image_size=112, patch_size=14,
                            vision_use_head=False),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import av
 import numpy as np
@@ -91,6 +92,34 @@ def write_indexed_video(
         container_options=container_options,
         codec_options={"g": str(keyframe_interval)} if keyframe_interval else None,
     )
+
+
+def moving_square_frames(num_frames: int = 8, side: int = 112, *, still_frames: int = 0) -> np.ndarray:
+    """uint8 (T, side, side, 3): a bright 30-px square sliding 8 px a frame over a still gradient, so that most of each
+    frame repeats, like a decoded video. The first `still_frames` frames show the gradient alone: one still picture
+    for that long, then the square moves."""
+    row = np.linspace(0, 200, side, dtype=np.float32)
+    frames = np.broadcast_to(row[None, None, :, None], (num_frames, side, side, 3)).copy()
+    for index in range(still_frames, num_frames):
+        left = 4 + (index - still_frames) * 8
+        frames[index, 30:60, left : left + 30] = 255
+    return frames.astype(np.uint8)
+
+
+def write_truncated_video(folder: str | os.PathLike, name: str = "truncated.mp4") -> Path:
+    """The first half of a 3 s indexed H.264 file, as an interrupted copy or download leaves it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        whole = write_indexed_video(scratch, "whole.mp4", seconds=3.0)
+        return _truncated_copy(whole, Path(folder) / name, 0.5)
+
+
+def copied_videos(folder: str | os.PathLike, sources: Mapping[str, str | os.PathLike]) -> Path:
+    """A new folder holding a copy of each source video under its name in `sources` ({name: source}); returns it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    for name, source in sources.items():
+        shutil.copyfile(source, folder / name)
+    return folder
 
 
 ROTATED = Path(__file__).parent / "data" / "rotated"
