@@ -59,6 +59,7 @@ def test_the_towers_frames_merge_as_the_pure_function_and_come_back_padded():
     plan = merging.plan
     count = len(merged)
     assert count < len(pixels) and (plan.frames_in, plan.frames, plan.groups) == (len(pixels), count, groups)
+    assert plan.layer_frames == (len(pixels),)  # the one layer ran on every frame; the merge follows it
     assert torch.allclose(output.hidden_states[1][:count], merged, atol=1e-6)
     assert torch.equal(output.hidden_states[1][count:], merged[-1:].expand(len(pixels) - count, -1, -1))
     assert torch.allclose(output.last_hidden_state[:count], tower.post_layernorm(merged), atol=1e-5)
@@ -122,6 +123,7 @@ def test_ask_reports_the_merged_frames_and_a_cache_hit_answers_the_same(tmp_path
     assert (first["cache"], second["cache"]) == ("miss", "hit")
     tokens = first["tokens"]
     assert tokens["frames_merged"] < tokens["frames"] and tokens["final"] < tokens["prompt"]
+    assert tokens["frames_per_tower_layer"] == tokens["frames"]  # the tiny tower's one layer ran on every frame
     assert [stage["kind"] for stage in tokens["stages"]] == ["earlytom", "inner-merge"]
     assert (second["answer"], second["tokens"]) == (first["answer"], first["tokens"])
     baseline = json.loads(_ask(video, "--profile", "baseline").stdout)
@@ -143,7 +145,7 @@ def test_on_llava_next_video_the_class_token_and_the_unused_last_layer_stay_out(
     with torch.no_grad(), encoding_with(parts, EarlyTom(tau=-1.0, max_window=6), None) as merging:
         output = model.model.vision_tower(pixels, output_hidden_states=True)
     plan = merging.plan
-    assert plan.frames < 6 and plan.scores.shape == (plan.frames, (112 // 14 // model.config.spatial_pool_stride) ** 2)
+    assert plan.layer_frames == (6,) and plan.frames < 6 and plan.scores.shape == (plan.frames, (112 // 14 // model.config.spatial_pool_stride) ** 2)
     selected = output.hidden_states[model.config.vision_feature_layer]
     assert torch.equal(selected[plan.frames:], selected[plan.frames - 1:plan.frames].expand(6 - plan.frames, -1, -1))
 
@@ -153,3 +155,22 @@ def test_earlytom_is_refused_before_loading_on_a_packed_tower():
     line = error_line(result, 2, before_loading=True)
     assert "EarlyTom merges frames inside a vision tower that encodes them as a batch of images" in line
     assert line.endswith("use holitom, fastvid or vidcom2")
+
+
+def test_the_layers_after_a_merge_are_counted_on_the_merged_frames_and_bound_the_vision_speedup():
+    from framefusion.apps.bench import frame_limit
+    from framefusion.model_zoo.loading import load_model
+    from framefusion.pipeline.results import TokenReport
+    from framefusion.runtime.vision_merge import TowerParts
+
+    tower = load_model("random:tiny-llava-next-video", device="cpu", dtype=torch.float32).model.model.vision_tower
+    parts = TowerParts(tower, compat.vision_encoder_layers(tower), lambda scores: scores)
+    with torch.no_grad(), encoding_with(parts, EarlyTom(tau=-1.0, max_window=6, layers=(0,)), None) as merging:
+        tower(torch.rand(6, 3, 112, 112))
+    plan = merging.plan
+    assert plan.frames < 6 and plan.layer_frames == (6, plan.frames)
+    baseline = TokenReport(frames=6, visual=0, prompt=0, final=0, cost=1.0, requested_cost=1.0, per_layer=[],
+                           stages=[])
+    merged = TokenReport(frames=6, visual=0, prompt=0, final=0, cost=1.0, requested_cost=1.0, per_layer=[], stages=[],
+                         frames_per_tower_layer=plan.mean_layer_frames)
+    assert frame_limit(baseline, merged) == pytest.approx(12 / (6 + plan.frames))

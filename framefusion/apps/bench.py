@@ -166,10 +166,16 @@ def frames_encoded(tokens: TokenReport) -> int:
     return tokens.frames if tokens.frames_encoded is None else tokens.frames_encoded
 
 
+def _frames_through_the_tower(tokens: TokenReport) -> float:
+    """The frames the encoder's layers ran on, on average: fewer than encoded where EarlyTom merged frames inside."""
+    return frames_encoded(tokens) if tokens.frames_per_tower_layer is None else tokens.frames_per_tower_layer
+
+
 def frame_limit(reference: TokenReport, tokens: TokenReport) -> float:
-    """The vision speedup if its time were proportional to the frames encoded."""
-    encoded = frames_encoded(tokens)
-    return frames_encoded(reference) / encoded if encoded > 0 else 1.0
+    """The vision speedup if its time were proportional to the frames its layers run on (frames encoded; frames
+    merged inside the tower count from the layer after the merge)."""
+    frames = _frames_through_the_tower(tokens)
+    return _frames_through_the_tower(reference) / frames if frames > 0 else 1.0
 
 
 def _ratio(reference: float, value: float) -> float:

@@ -256,7 +256,7 @@ def _plan_details(plan: Any) -> dict[str, Any] | None:
     if plan is None:
         return None
     return {"frames_in": plan.frames_in, "frames": plan.frames, "groups": [list(group) for group in plan.groups],
-            "scores": plan.scores.float().cpu().tolist()}
+            "scores": plan.scores.float().cpu().tolist(), "layer_frames": list(plan.layer_frames)}
 
 
 def _plan_from_details(details: dict[str, Any] | None, device: Any) -> Any:
@@ -267,4 +267,4 @@ def _plan_from_details(details: dict[str, Any] | None, device: Any) -> Any:
     from framefusion.runtime.vision_merge import VisionPlan
 
     return VisionPlan(details["frames_in"], details["frames"], torch.tensor(details["scores"], device=device),
-                      [tuple(group) for group in details["groups"]])
+                      [tuple(group) for group in details["groups"]], tuple(details.get("layer_frames", ())))

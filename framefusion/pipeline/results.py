@@ -77,8 +77,10 @@ class TokenReport:
     # Why the others were not encoded, the frame-dedup test that skipped them: "exact" (the same pixels as the last
     # encoded frame) or "noise-aware" (no region changed beyond the video's noise); None: every frame was encoded.
     frame_dedup: str | None = None
-    # Frames left after EarlyTom merged frames inside the vision encoder (None: no merging there).
+    # Frames left after EarlyTom merged frames inside the vision encoder, and the frames its layers ran on on average
+    # (None: no merging there).
     frames_merged: int | None = None
+    frames_per_tower_layer: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class TokenReport:
             "frames_encoded": self.frames if self.frames_encoded is None else self.frames_encoded,
             "frame_dedup": self.frame_dedup,
             "frames_merged": self.frames_merged,
+            "frames_per_tower_layer": self.frames_per_tower_layer,
             "visual": self.visual,
             "prompt": self.prompt,
             "final": self.final,

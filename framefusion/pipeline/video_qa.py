@@ -199,7 +199,9 @@ class VideoQA:
         timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all.seconds
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
         tokens.frames_encoded = prepared.frames_encoded
-        tokens.frames_merged = prepared.vision_plan.frames if prepared.vision_plan is not None else None
+        if prepared.vision_plan is not None:
+            tokens.frames_merged = prepared.vision_plan.frames
+            tokens.frames_per_tower_layer = prepared.vision_plan.mean_layer_frames
         tokens.frame_dedup = prepared.frame_dedup
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,

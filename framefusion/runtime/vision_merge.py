@@ -63,6 +63,12 @@ class VisionPlan:
     frames: int
     scores: torch.Tensor
     groups: list[tuple[int, int]]
+    # The frames each layer of the tower that feeds the features ran on, in order: the encoder's work.
+    layer_frames: tuple[int, ...] = ()
+
+    @property
+    def mean_layer_frames(self) -> float | None:
+        return sum(self.layer_frames) / len(self.layer_frames) if self.layer_frames else None
 
 
 class FrameMergingTower:
@@ -77,13 +83,14 @@ class FrameMergingTower:
         self.plan: VisionPlan | None = None
         self.active = True  # False: the tower runs as published (another profile's encoding)
         self._last_merge: tuple[torch.Tensor, list[tuple[int, int]]] | None = None
+        self._frames_after: dict[int, int] = {}  # prune layer -> the frames it left, in the running encoding
         self._replaced: list[tuple[nn.Module, Any]] = []
 
     def install(self) -> None:
         self._replace(self.parts.tower, self._tower_forward(self.parts.tower.forward))
         for index in self.prune_layers:
             layer = self.parts.layers[index]
-            self._replace(layer, self._layer_forward(layer, layer.forward, last=index == self.prune_layers[-1]))
+            self._replace(layer, self._layer_forward(layer, index, layer.forward, last=index == self.prune_layers[-1]))
 
     def remove(self) -> None:
         for module, previous in reversed(self._replaced):
@@ -109,17 +116,26 @@ class FrameMergingTower:
             if not self.active:
                 return original(pixel_values, *args, **kwargs)
             self._last_merge = None
+            self._frames_after = {}
             output = original(pixel_values, *args, **kwargs)
             frames_in = pixel_values.shape[0]
             if self._last_merge is None:  # no prune layer ran (an empty batch)
                 return output
             scores, groups = self._last_merge
-            self.plan = VisionPlan(frames_in, scores.shape[0], self.parts.pool_scores(scores), groups)
+            self.plan = VisionPlan(frames_in, scores.shape[0], self.parts.pool_scores(scores), groups,
+                                   self._layer_frames(frames_in))
             return _padded(output, frames_in)
 
         return forward
 
-    def _layer_forward(self, layer: nn.Module, original: Callable, last: bool) -> Callable:
+    def _layer_frames(self, frames_in: int) -> tuple[int, ...]:
+        frames, counts = frames_in, []
+        for index in range(len(self.parts.layers)):
+            counts.append(frames)
+            frames = self._frames_after.get(index, frames)
+        return tuple(counts)
+
+    def _layer_forward(self, layer: nn.Module, index: int, original: Callable, last: bool) -> Callable:
         settings = self.settings
 
         def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -133,6 +149,7 @@ class FrameMergingTower:
                 output, scores, tau=settings.tau, max_window=settings.max_window, ema=settings.ema, regroup=last)
             if last:
                 self._last_merge = (merged_scores, groups)
+            self._frames_after[index] = merged.shape[0]
             return merged
 
         return forward
