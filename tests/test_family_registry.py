@@ -42,8 +42,8 @@ from framefusion.pipeline.video_qa import check_frame_count
 
 from cli_checks import run_cli
 
-BUILTIN_ORDER = ["qwen2-vl", "qwen2.5-vl", "llava-onevision", "qwen3-vl", "qwen3.5", "llava-next-video", "internvl",
-                 "smolvlm", "minicpm-v"]
+BUILTIN_ORDER = ["qwen2-vl", "qwen2.5-vl", "llava-onevision", "qwen3-vl", "qwen3.5", "gemma4", "llava-next-video",
+                 "internvl", "smolvlm", "minicpm-v"]
 # The families that run here: MiniCPM-V is registered to be refused, Qwen3.5 is refused before transformers 5.25.
 RUNNING = [name for name in BUILTIN_ORDER[:-1]
            if name != "qwen3.5" or Version(transformers.__version__) >= Version("5.25.0")]

@@ -71,6 +71,9 @@ PUBLISHED_SIZES = {
     "qwen2.5-vl-7b": 8.29,
     # Named 0.8B; counted as transformers builds it (no multi-token-prediction head, which it does not load).
     "qwen3.5-0.8b": 0.85,
+    # Published as 5.1B and 8B with their audio towers, which the shapes leave out (a video prompt never runs them).
+    "gemma-4-e2b": 4.80,
+    "gemma-4-e4b": 7.63,
 }
 
 

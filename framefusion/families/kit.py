@@ -41,7 +41,8 @@ class FamilyKit:
     `processor_classes` names the transformers classes (processor, image processor, video processor).
     `tiny_config(num_hidden_layers)` returns a config.json dict without vocab size or token ids.
     `tiny_processor` holds keyword arguments per processor part: {"image_processor": {...},
-    "video_processor": {...}, "processor": {...}}.
+    "video_processor": {...}, "processor": {...}, "feature_extractor": {...}}.
+    `feature_extractor_class` names the audio feature extractor of a processor that takes one (Gemma 4's), else None.
     """
 
     name: str
@@ -55,3 +56,4 @@ class FamilyKit:
     processor_classes: tuple[str, str, str]
     tiny_config: Callable[[int], dict]
     tiny_processor: Mapping[str, Mapping]
+    feature_extractor_class: str | None = None

@@ -82,7 +82,12 @@ def make_processor(blueprint: Blueprint, tokenizer: PreTrainedTokenizerFast) -> 
         getattr(transformers, name) for name in kit.processor_classes
     )
     settings = blueprint.processor
+    parts = {}
+    if kit.feature_extractor_class is not None:  # a processor that also takes audio (Gemma 4) needs its extractor
+        parts["feature_extractor"] = getattr(transformers, kit.feature_extractor_class)(
+            **settings.get("feature_extractor", {}))
     return processor_class(
+        **parts,
         image_processor=image_processor_class(**settings.get("image_processor", {})),
         tokenizer=tokenizer,
         video_processor=video_processor_class(**settings.get("video_processor", {})),

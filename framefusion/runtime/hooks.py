@@ -171,7 +171,8 @@ class FrameFusionRuntime:
                                    self._capture_video_grid(original_video_features))
 
     def _inner_merge_rater(self, merge_layer: int) -> int:
-        for index in range(merge_layer - 1, -1, -1):
+        # No later than where the anatomy ends the steps (Gemma 4: before its layers that share keys and values).
+        for index in range(min(merge_layer, self.anatomy.steps_end(self.layers)) - 1, -1, -1):
             if self.anatomy.importance_attention(self.layers[index]) is not None:
                 return index
         self.remove()
@@ -256,7 +257,8 @@ class FrameFusionRuntime:
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and not bool(attention_mask.all()):
             raise ValueError("FrameFusion does not support padded prompts yet; pass the prompt without padding")
         self._prefill = PrefillReduction(self.settings, layouts[0], self.num_layers, self.measure_overhead,
-                                         track_merged_rows=self.track_merged_rows)
+                                         track_merged_rows=self.track_merged_rows,
+                                         steps_end=self.anatomy.steps_end(self.layers))
 
     def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self._prefill is not None:
@@ -368,7 +370,7 @@ def _cut_mask_to_cache(mask: Any, cache: Any, layer_index: int, query_length: in
     transformers sizes the mask from layer 0's cache; a layer that kept fewer prompt tokens needs its last columns
     only (one unpadded prompt: every cached column is visible, and the newest columns carry the causal pattern).
     """
-    if not isinstance(mask, torch.Tensor) or cache is None:
+    if not isinstance(mask, torch.Tensor) or cache is None or not compat.keeps_own_cache(cache, layer_index):
         return mask
     key_length = compat.cached_length(cache, layer_index) + query_length
     if mask.shape[-1] > key_length:

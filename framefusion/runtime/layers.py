@@ -37,6 +37,11 @@ class PreNormLayers:
     # position_embeddings, that hold one row per token on dimension 1 and must follow the kept tokens.
     per_token_arguments: tuple[str, ...] = ()
 
+    def steps_end(self, layers: list[nn.Module]) -> int:
+        """Steps after a layer's token mixer run only in the layers before this index: every layer but the last. A
+        family whose later layers read keys and values an earlier layer left for them ends the steps sooner."""
+        return len(layers) - 1
+
     def problem(self, layer: nn.Module) -> str | None:
         """Why FrameFusion cannot run this layer (None: it can)."""
         missing = [name for name in ("input_layernorm", "post_attention_layernorm", "mlp") if not hasattr(layer, name)]

@@ -151,9 +151,12 @@ class PrefillReduction:
     """The state of one prefill: which original positions are still present, their patch types, the budget."""
 
     def __init__(self, settings: FrameFusionSettings, patch_types: torch.Tensor, num_layers: int, measure: bool,
-                 track_merged_rows: bool = False):
+                 track_merged_rows: bool = False, steps_end: int | None = None):
         self.settings = settings
         self.num_layers = num_layers
+        # Steps after a layer's token mixer run only in the layers before this one (default: every layer but the last;
+        # Gemma 4 ends them before its layers that keep keys and values for other layers, see layers.PreNormLayers).
+        self.steps_end = num_layers - 1 if steps_end is None else min(steps_end, num_layers - 1)
         self.patch_types = patch_types  # [L_current]
         self.positions = torch.arange(patch_types.numel(), device=patch_types.device)  # [L_current] original indices
         self.original_length = patch_types.numel()
@@ -225,7 +228,7 @@ class PrefillReduction:
         nearest layer that can; each layer it waits through is counted in the budget as a step that removed nothing,
         so the prune is sized for the layers that are really left. Called once per layer of a reducing prefill.
         """
-        if layer >= self.num_layers - 1 or (self.merging_finished and self.pruning_finished):
+        if layer >= self.steps_end or (self.merging_finished and self.pruning_finished):
             return None
         if not self.settings.merge:
             return "prune" if rates_importance and layer >= self.settings.dense_layers - 1 else None

@@ -98,6 +98,16 @@ def cached_length(cache: Any, layer_index: int = 0) -> int:
     return int(cache.get_seq_length(layer_index))
 
 
+def keeps_own_cache(cache: Any, layer_index: int) -> bool:
+    """Whether a decoder layer keeps keys and values (or a state) of its own in the cache. A layer that reads another
+    layer's (Gemma 4's KV-shared layers) keeps none: transformers 5.25 gives it a placeholder with no length
+    (`DummyLayer`), 5.18 no cache layer at all."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return True
+    return layer_index < len(layers) and callable(getattr(layers[layer_index], "get_seq_length", None))
+
+
 def is_continuation(kwargs: dict[str, Any]) -> bool:
     """Whether a forward continues from a filled cache (a decoding step or a follow-up turn) rather than a prefill.
 
