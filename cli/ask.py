@@ -73,8 +73,10 @@ def ask(
                 compared_results = ask_video(qa, prepared, list(questions), **settings.generation())
 
         if options.json_output:
-            payload = [result.to_dict() for result in results + compared_results]
-            print(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False))
+            # One shape whatever was asked: an object per answer, a line each (the profile's answers, then the
+            # compared profile's), as chat --json prints its turns.
+            for result in results + compared_results:
+                print(json.dumps(result.to_dict(), ensure_ascii=False))
         elif compared is not None:
             render_comparison(stdout, results, compared_results)
         else:

@@ -32,6 +32,12 @@ def printed_json(result: Any) -> Any:
     return json.loads(result.stdout)
 
 
+def printed_json_lines(result: Any) -> list[Any]:
+    """What a command that succeeded printed on stdout, one JSON value per line."""
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSON-lines file a command wrote; every line must be whole."""
     return [json.loads(line) for line in Path(path).read_text().splitlines()]

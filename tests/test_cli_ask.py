@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_checks import error_line, printed_json, run_cli
+from cli_checks import error_line, printed_json, printed_json_lines, run_cli
 
 import videos
 
@@ -53,8 +53,9 @@ def test_baseline_keeps_every_token():
 
 
 def test_several_questions_and_compare_give_one_object_each():
-    payload = ask_json(str(SAMPLE), "What happens?", "What colour is the ball?", "--model", "random:tiny-qwen2-vl",
-                       "--frames", "8", "--compare", "baseline")
+    payload = printed_json_lines(ask(str(SAMPLE), "What happens?", "What colour is the ball?", "--model",
+                                     "random:tiny-qwen2-vl", "--frames", "8", "--compare", "baseline", "--json",
+                                     "--max-new-tokens", "4"))
     assert [item["profile"] for item in payload] == ["framefusion", "framefusion", "baseline", "baseline"]
     assert [item["question"] for item in payload] == ["What happens?", "What colour is the ball?"] * 2
     # The vision encoder ran once per profile run: later questions reuse its features.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_checks import error_line, run_cli
+from cli_checks import error_line, printed_json_lines, run_cli
 from videos import copied_videos
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
@@ -193,7 +193,7 @@ def test_compare_labels_each_question_and_sums_up_each_pair_without_the_feature_
     args = ["ask", str(SAMPLE), "What happens?", "Anything else?", "--model", "random:tiny-qwen2-vl", "--frames", "4",
             "--max-new-tokens", "2", "--compare", "baseline"]
     cached = run_cli(*args[:-2])  # the same video asked once before, without --compare: its features cached
-    assert cached.exit_code == 0 and json.loads(run_cli(*args[:-2], "--json").stdout)[0]["cache"] == "hit"
+    assert cached.exit_code == 0 and printed_json_lines(run_cli(*args[:-2], "--json"))[0]["cache"] == "hit"
     result = run_cli(*args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Q1: What happens?" in result.stdout and "Q2: Anything else?" in result.stdout

@@ -19,7 +19,7 @@ from framefusion.video.synthetic import write_video_frames
 from framefusion.families import supported_families
 from framefusion.video import VideoClip, read_video
 
-from cli_checks import printed_json, run_cli
+from cli_checks import printed_json, printed_json_lines, run_cli
 from videos import moving_square_frames
 
 # Every family the installed transformers runs (Qwen3.5 from 5.25 on).
@@ -238,7 +238,7 @@ def test_ask_json_with_the_dedup_profile_encodes_fewer_frames_and_answers_as_the
 
 
 def test_compare_encodes_again_for_a_profile_that_differs_before_the_vision_encoder(lossless_video):
-    deduplicated, baseline = printed_json(run_cli(
+    deduplicated, baseline = printed_json_lines(run_cli(
         "ask", lossless_video, "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8", "--profile",
         "dedup", "--compare", "baseline", "--max-new-tokens", "4", "--device", "cpu", "--json"))
     assert (deduplicated["tokens"]["frames_encoded"], baseline["tokens"]["frames_encoded"]) == (6, 8)
