@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from framefusion.apps.caption.local import (
@@ -271,8 +272,6 @@ def test_a_decoder_crash_on_one_file_does_not_stop_the_batch(video_folder, tmp_p
 
 
 def test_the_decoder_child_ends_at_once_on_sigterm_even_when_started_while_a_record_was_written():
-    import psutil
-
     from framefusion.apps.caption.records import _signals_held
 
     worker = DecodeWorker()
@@ -287,8 +286,12 @@ def test_the_decoder_child_ends_at_once_on_sigterm_even_when_started_while_a_rec
 
 
 def _slow_decoder(path: str, settings: CaptionSettings):
-    if "slow" in Path(path).name:
+    """A decoder that hangs on slow*.mp4: it notes its process id beside the video, and that it finished, if ever."""
+    video = Path(path)
+    if "slow" in video.name:
+        video.with_suffix(".pid").write_text(str(os.getpid()))
         time.sleep(60)
+        video.with_suffix(".finished").write_text("the timeout did not stop me")
     return decode_video(path, settings)
 
 
@@ -298,9 +301,14 @@ def test_timeout_bounds_decoding_and_the_model_and_the_next_video_still_works(vi
     folder = copied_videos(tmp_path / "videos", {"a.mp4": short, "slow.mp4": short, "z.mp4": short})
     settings = CaptionSettings(model=MODEL, profile="framefusion", prompt="Describe.", frames=4, max_new_tokens=4,
                                timeout=5.0)
-    started = time.monotonic()
     summary = CaptionRun(folder, settings, tmp_path / "decode.jsonl").run(qa, worker=DecodeWorker(_slow_decoder))
-    assert time.monotonic() - started < 20
+    # The hung decoder was ended, not waited for: its process is gone and it never got to finish.
+    try:
+        hung = [psutil.Process(int((folder / "slow.pid").read_text()))]
+    except psutil.NoSuchProcess:
+        hung = []
+    assert not still_running_after(hung, seconds=5)
+    assert not (folder / "slow.finished").exists()
     assert summary.captioned == ["a.mp4", "z.mp4"] and summary.failed[0][0] == "slow.mp4"
     assert summary.failed[0][1].startswith("timeout=5")
 
