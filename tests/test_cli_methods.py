@@ -6,14 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from framefusion_cli.app import app
-
-from cli_checks import error_line
+from cli_checks import error_line, printed_json, read_jsonl, run_cli
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
-runner = CliRunner()
 
 # (model, profile, the stages' kinds in the report); the rest of each family's profiles run in the slow suite.
 EVERYDAY = [
@@ -43,10 +38,9 @@ SLOW = [
 @pytest.mark.parametrize("model, profile, kinds", EVERYDAY + [pytest.param(*case, marks=pytest.mark.slow)
                                                               for case in SLOW])
 def test_each_stage_is_reported_and_the_llm_gets_fewer_tokens(model, profile, kinds):
-    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", model, "--frames", "8", "--profile",
-                                 profile, "--json", "--max-new-tokens", "2"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout)
+    result = run_cli("ask", SAMPLE, "What happens?", "--model", model, "--frames", "8", "--profile", profile,
+                     "--json", "--max-new-tokens", "2")
+    payload = printed_json(result)
     tokens, stages = payload["tokens"], payload["tokens"]["stages"]
     # The settings as they ran: nothing left to the family unresolved, and the substituted signals named.
     for stage in payload["settings"]["stages"]:
@@ -63,17 +57,15 @@ def test_each_stage_is_reported_and_the_llm_gets_fewer_tokens(model, profile, ki
 
 
 def test_fastvid_is_refused_before_loading_where_it_was_not_measured():
-    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", "random:tiny-smolvlm",
-                                 "--profile", "fastvid"])
+    result = run_cli("ask", SAMPLE, "What happens?", "--model", "random:tiny-smolvlm", "--profile", "fastvid")
     line = error_line(result, 2, before_loading=True)
     assert line.startswith("error: --profile fastvid: FastVID was measured on the LLaVA and Qwen-VL families, not on "
                            "smol") and line.endswith("use vidcom2 or holitom there, or name a variant")
 
 
 def _caption(folder: Path, output: Path, profile: str, *extra: str):
-    return runner.invoke(app, ["caption", str(folder), "--output", str(output), "--model",
-                               "random:tiny-llava-onevision", "--frames", "8", "--max-new-tokens", "2", "--profile",
-                               profile, *extra], catch_exceptions=False)
+    return run_cli("caption", folder, "--output", output, "--model", "random:tiny-llava-onevision", "--frames", "8",
+                   "--max-new-tokens", "2", "--profile", profile, *extra)
 
 
 @pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.slow)])
@@ -87,7 +79,7 @@ def test_caption_records_the_stages_of_the_published_methods(tmp_path, engine):
         output = tmp_path / f"{profile}.jsonl"
         result = _caption(folder, output, profile, *extra)
         assert result.exit_code == 0, result.output
-        records = [json.loads(line) for line in output.read_text().splitlines()]
+        records = read_jsonl(output)
         assert sorted(record["video"] for record in records) == ["a.mp4", "b.mp4"]
         for record in records:
             tokens = record["tokens"]
@@ -96,12 +88,10 @@ def test_caption_records_the_stages_of_the_published_methods(tmp_path, engine):
 
 @pytest.mark.slow
 def test_bench_sets_the_published_methods_side_by_side_with_their_own_vision_encoding():
-    result = runner.invoke(app, ["bench", "--model", "random:tiny-llava-onevision", "--frames", "8", "--repeat", "1",
-                                 "--warmup", "0", "--max-new-tokens", "2", "--profiles",
-                                 "baseline,framefusion,vidcom2,fastvid,holitom,earlytom", "--json"],
-                           catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    runs = {run["profile"]: run for run in json.loads(result.stdout)["results"]}
+    result = run_cli("bench", "--model", "random:tiny-llava-onevision", "--frames", "8", "--repeat", "1", "--warmup",
+                     "0", "--max-new-tokens", "2", "--profiles", "baseline,framefusion,vidcom2,fastvid,holitom,earlytom",
+                     "--json")
+    runs = {run["profile"]: run for run in printed_json(result)["results"]}
     baseline = runs.pop("baseline")["tokens"]
     for name, run in runs.items():
         tokens = run["tokens"]
@@ -114,9 +104,8 @@ def test_bench_sets_the_published_methods_side_by_side_with_their_own_vision_enc
 
 
 def test_chat_follows_up_from_the_cache_a_published_method_left():
-    result = runner.invoke(app, ["chat", str(SAMPLE), "--model", "random:tiny-llava-onevision", "--frames", "8",
-                                 "--max-new-tokens", "3", "--json", "--profile", "earlytom"],
-                           input="What happens?\nAnd then?\n/exit\n", catch_exceptions=False)
+    result = run_cli("chat", SAMPLE, "--model", "random:tiny-llava-onevision", "--frames", "8", "--max-new-tokens",
+                     "3", "--json", "--profile", "earlytom", input="What happens?\nAnd then?\n/exit\n")
     assert result.exit_code == 0, result.output
     first, second = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     report = first["tokens"]["report"]
@@ -136,9 +125,8 @@ def test_holitom_runs_on_every_family(model):
 
     if model.endswith("qwen3.5") and family_by_name("qwen3.5").refuses:
         pytest.skip("Qwen3.5 needs a newer transformers")
-    result = runner.invoke(app, ["ask", str(SAMPLE), "What happens?", "--model", model, "--frames", "8", "--profile",
-                                 "holitom", "--json", "--max-new-tokens", "2"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    tokens = json.loads(result.stdout)["tokens"]
+    result = run_cli("ask", SAMPLE, "What happens?", "--model", model, "--frames", "8", "--profile", "holitom",
+                     "--json", "--max-new-tokens", "2")
+    tokens = printed_json(result)["tokens"]
     assert [stage["kind"] for stage in tokens["stages"]] == ["holitom", "inner-merge"]
     assert tokens["final"] < tokens["stages"][0]["after"] < tokens["prompt"]

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import tiny_models
-from cli_checks import error_line
+from cli_checks import error_line, run_cli
 from framefusion import EarlyTom, apply_framefusion, remove_framefusion
 from framefusion.families import family_for
 from framefusion.methods import earlytom
 from framefusion.runtime import transformers_compat as compat
 from framefusion.runtime.vision_merge import attention_received, encoding_with
-from framefusion_cli.app import app
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.mp4"
 SETTINGS = EarlyTom(retain_ratio=0.3, tau=0.3, max_window=6)
@@ -111,8 +109,8 @@ def test_prune_layers_scale_with_the_towers_depth():
 
 
 def _ask(video, *extra: str, model: str = "random:tiny-llava-onevision"):
-    return CliRunner().invoke(app, ["ask", str(video), "What happens?", "--model", model, "--frames", "8",
-                                    "--max-new-tokens", "3", "--json", *extra])
+    return run_cli("ask", video, "What happens?", "--model", model, "--frames", "8", "--max-new-tokens", "3", "--json",
+                   *extra)
 
 
 def test_ask_reports_the_merged_frames_and_a_cache_hit_answers_the_same(tmp_path):
