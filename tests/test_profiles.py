@@ -504,6 +504,10 @@ def test_the_published_methods_profiles_give_the_librarys_objects():
 
 
 def test_stage_defaults_are_the_librarys_defaults():
+    from framefusion.profiles import stages
+    from framefusion.runtime import before_llm
+
+    assert stages.FASTVID_VARIANTS == before_llm.FASTVID_VARIANTS
     for kind, method in [("evs", EVS), ("vidcom2", VidCom2), ("fastvid", FastVID), ("holitom", HoliTom),
                          ("earlytom", EarlyTom), ("inner-merge", InnerMerge)]:
         library = {field.name: field.default for field in dataclasses.fields(method)}

@@ -1,6 +1,6 @@
-"""Running the vision encoder under a profile's stages before and inside it: frame dedup (framefusion.methods.frame_dedup)
-or EarlyTom's frame merging (framefusion.runtime.vision_merge). VideoQA.prepare_video, the one path every application
-prepares its videos through, calls `encode_video`.
+"""Running the vision encoder under a profile's stages before and inside it: frame dedup
+(framefusion.methods.frame_dedup) or EarlyTom's frame merging (framefusion.runtime.vision_merge).
+VideoQA.prepare_video, the one path every application prepares its videos through, calls `encode_video`.
 
 The stages come from the profile the video is prepared for, which need not be the one applied to the model (the
 benchmark prepares for each profile in turn): a frame merging the applied profile installed is set aside meanwhile.

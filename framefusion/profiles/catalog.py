@@ -122,7 +122,8 @@ def stage_method(stage: Mapping[str, Any]) -> Any:
     """The library's object for a stage before the LLM (or EarlyTom's), from its mapping: framefusion.VidCom2(...)."""
     from framefusion.runtime.before_llm import METHODS
 
-    settings = {key: tuple(value) if isinstance(value, list) else value for key, value in stage.items() if key != "kind"}
+    settings = {key: tuple(value) if isinstance(value, list) else value
+                for key, value in stage.items() if key != "kind"}
     return METHODS[stage["kind"]](**settings)
 
 

@@ -13,8 +13,8 @@
 
 Stages run in the pipeline's order: frame-dedup; earlytom inside the vision encoder (it also selects the tokens
 before the LLM, so it takes the place of the next ones and of frame-dedup); one stage between the vision encoder and
-the LLM (evs, vidcom2, fastvid or holitom); one inside the LLM (framefusion or inner-merge). The flat form of older profiles (`method:` and
-its settings at the top) is one `framefusion` stage, or none for `method: none`.
+the LLM (evs, vidcom2, fastvid or holitom); one inside the LLM (framefusion or inner-merge). The flat form of older
+profiles (`method:` and its settings at the top) is one `framefusion` stage, or none for `method: none`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "earlytom": {"retain_ratio": 0.2, "tau": 0.5, "max_window": 6, "ema": 0.9, "layers": None},
     "inner-merge": {"layer": None, "ratio": 0.5},
 }
+# framefusion.runtime.before_llm.FASTVID_VARIANTS, kept here so that reading profiles needs no torch (tested equal).
 FASTVID_VARIANTS = ("parallel", "segmentwise")
 
 
