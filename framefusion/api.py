@@ -9,6 +9,7 @@ from torch import nn
 from framefusion.runtime import transformers_compat as compat
 from framefusion.families import Family, family_for
 from framefusion.runtime.before_llm import EVS, METHODS, BeforeLLM
+from framefusion.runtime.checks import check_number, check_whole_number
 from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats, InnerMerge
 from framefusion.runtime.hooks import FrameFusionRuntime
 
@@ -95,11 +96,11 @@ def apply_framefusion(
     Applying again replaces the earlier settings; remove_framefusion(model) restores the model exactly.
     """
     family = family_for(model)
-    _check_number("cost", cost, low=0.0, high=1.0, low_inclusive=False)
+    check_number("cost", cost, low=0.0, high=1.0, low_inclusive=False)
     if similarity_lower_bound is not None:
-        _check_number("similarity_lower_bound", similarity_lower_bound, low=-1.0, high=1.0)
-    _check_number("ratio_lower_bound", ratio_lower_bound, low=0.0, high=1.0, low_inclusive=False)
-    _check_number("evs_pruning_rate", evs_pruning_rate, low=0.0, high=1.0, high_inclusive=False)
+        check_number("similarity_lower_bound", similarity_lower_bound, low=-1.0, high=1.0)
+    check_number("ratio_lower_bound", ratio_lower_bound, low=0.0, high=1.0, low_inclusive=False)
+    check_number("evs_pruning_rate", evs_pruning_rate, low=0.0, high=1.0, high_inclusive=False)
     if evs_pruning_rate > 0:
         if before_llm is not None:
             raise ValueError("evs_pruning_rate and before_llm both choose the reduction before the LLM; pass one")
@@ -114,8 +115,8 @@ def apply_framefusion(
             raise ValueError("inner_merge replaces FrameFusion's steps inside the LLM: pass merge=False, prune=False")
     if not (merge or prune or before_llm is not None or inner_merge is not None):
         raise ValueError("every reduction is off: nothing would be reduced; use the model without FrameFusion")
-    if not merge and (isinstance(dense_layers, bool) or not isinstance(dense_layers, int) or dense_layers < 1):
-        raise ValueError(f"dense_layers must be a whole number >= 1, got {dense_layers!r}")
+    if not merge:
+        check_whole_number("dense_layers", dense_layers, low=1)
     attention = compat.attention_implementation(model.config)
     if attention == "flex_attention":
         raise ValueError("FrameFusion supports the sdpa, eager and flash-attention backends, not flex_attention")
@@ -167,14 +168,3 @@ def remove_framefusion(model: nn.Module) -> None:
 def framefusion_handle(model: nn.Module) -> FrameFusionHandle | None:
     """The handle of FrameFusion on this model, or None when it is not applied."""
     return model.__dict__.get(_ATTRIBUTE)
-
-
-def _check_number(name: str, value: object, *, low: float, high: float, low_inclusive: bool = True,
-                  high_inclusive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    above_low = value >= low if low_inclusive else value > low
-    below_high = value <= high if high_inclusive else value < high
-    if not (above_low and below_high):
-        opening, closing = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in {opening}{low}, {high}{closing}, got {value}")

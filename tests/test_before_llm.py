@@ -105,7 +105,7 @@ def test_fastvid_is_refused_on_a_family_it_was_not_measured_on():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(pruning_rate=1.0), r"pruning_rate must lie in \[0, 1\)"),
+    (dict(pruning_rate=1.0), r"pruning_rate must be in \[0, 1\), got 1.0"),
     (dict(pruning_rate="half"), "pruning_rate must be a number"),
 ])
 def test_bad_settings_are_refused_when_made(settings, message):

@@ -22,6 +22,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from framefusion.methods import earlytom, evs, fastvid, holitom, vidcom2
+from framefusion.runtime.checks import check_number, check_whole_number
 from framefusion.runtime.vision_merge import VisionPlan
 
 FASTVID_VARIANTS = ("parallel", "segmentwise")
@@ -36,13 +37,6 @@ class _FamilyTraits(Protocol):
     merges_frames_in_tower: bool
 
 
-def _check_fraction(name: str, value: float, *, top_inclusive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not (0 <= value <= 1 if top_inclusive else 0 <= value < 1):
-        raise ValueError(f"{name} must lie in [0, 1{']' if top_inclusive else ')'}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class EVS:
     """Efficient Video Sampling (vLLM's masks): drop the `pruning_rate` share of the video tokens least changed since
@@ -54,7 +48,7 @@ class EVS:
     kind: ClassVar[str] = "evs"
 
     def __post_init__(self) -> None:
-        _check_fraction("pruning_rate", self.pruning_rate, top_inclusive=False)
+        check_number("pruning_rate", self.pruning_rate, low=0, high=1, high_inclusive=False)
 
     def resolved(self, family: _FamilyTraits) -> EVS:
         return self
@@ -69,7 +63,7 @@ class VidCom2:
     kind: ClassVar[str] = "vidcom2"
 
     def __post_init__(self) -> None:
-        _check_fraction("pruning_rate", self.pruning_rate, top_inclusive=False)
+        check_number("pruning_rate", self.pruning_rate, low=0, high=1, high_inclusive=False)
 
     def resolved(self, family: _FamilyTraits) -> VidCom2:
         return self
@@ -88,7 +82,7 @@ class FastVID:
 
     def __post_init__(self) -> None:
         if self.retain_ratio is not None:
-            _check_fraction("retain_ratio", self.retain_ratio, top_inclusive=True)
+            check_number("retain_ratio", self.retain_ratio, low=0, high=1)
         if self.variant is not None and self.variant not in FASTVID_VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(FASTVID_VARIANTS)}, got {self.variant!r}")
 
@@ -115,13 +109,10 @@ class HoliTom:
     kind: ClassVar[str] = "holitom"
 
     def __post_init__(self) -> None:
-        _check_fraction("retain_ratio", self.retain_ratio, top_inclusive=True)
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not -1 <= self.tau <= 1:
-            raise ValueError(f"tau must be a cosine in [-1, 1], got {self.tau!r}")
-        for name in ("max_window", "knn"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        check_number("retain_ratio", self.retain_ratio, low=0, high=1)
+        check_number("tau", self.tau, low=-1, high=1)
+        check_whole_number("max_window", self.max_window, low=1)
+        check_whole_number("knn", self.knn, low=1)
 
     def resolved(self, family: _FamilyTraits) -> HoliTom:
         return self
@@ -147,12 +138,10 @@ class EarlyTom:
     kind: ClassVar[str] = "earlytom"
 
     def __post_init__(self) -> None:
-        _check_fraction("retain_ratio", self.retain_ratio, top_inclusive=True)
-        _check_fraction("ema", self.ema, top_inclusive=True)
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not -1 <= self.tau <= 1:
-            raise ValueError(f"tau must be a cosine in [-1, 1], got {self.tau!r}")
-        if isinstance(self.max_window, bool) or not isinstance(self.max_window, int) or self.max_window < 2:
-            raise ValueError(f"max_window must be a whole number >= 2, got {self.max_window!r}")
+        check_number("retain_ratio", self.retain_ratio, low=0, high=1)
+        check_number("ema", self.ema, low=0, high=1)
+        check_number("tau", self.tau, low=-1, high=1)
+        check_whole_number("max_window", self.max_window, low=2)
         if self.layers is not None and (not self.layers or any(
                 isinstance(layer, bool) or not isinstance(layer, int) or layer < 0 for layer in self.layers)):
             raise ValueError(f"layers must be tower layer indices >= 0, got {self.layers!r}")

@@ -12,6 +12,7 @@ import torch
 from framefusion.methods import framefusion as core
 from framefusion.methods import inner_merge
 from framefusion.runtime import before_llm as before_llm_reductions
+from framefusion.runtime.checks import check_number, check_whole_number
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,9 @@ class InnerMerge:
     ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
-                                       or self.layer < 1):
-            raise ValueError(f"layer must be a whole number >= 1, got {self.layer!r}")
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
-            raise ValueError(f"ratio must lie in [0, 1] (the share of video tokens folded away), got {self.ratio!r}")
+        if self.layer is not None:
+            check_whole_number("layer", self.layer, low=1)
+        check_number("ratio", self.ratio, low=0, high=1)
 
     def resolved(self, num_layers: int) -> InnerMerge:
         if self.layer is None:
