@@ -109,11 +109,16 @@ def supported_families() -> list[str]:
     return [family.name for family in registered_families() if not family.refuses]
 
 
+def family_named(name: str | None) -> Family | None:
+    """The registered family called `name` (e.g. "qwen2-vl"), or None (None or an unknown name)."""
+    return next((family for family in registered_families() if family.name == name), None)
+
+
 def family_by_name(name: str) -> Family:
     """The family called `name` (e.g. "qwen2-vl"); InputError listing the registered ones otherwise."""
-    for family in registered_families():
-        if family.name == name:
-            return family
+    family = family_named(name)
+    if family is not None:
+        return family
     known = ", ".join(family.name for family in registered_families())
     raise InputError(f"unknown model family {name!r}: use one of {known}")
 
@@ -155,7 +160,7 @@ def family_for_model_type(model_type: str) -> Family | None:
 
 def frame_multiple_for(family_name: str | None) -> int:
     """Frames must be a multiple of this for the family called `family_name`; 1 for None or an unknown name."""
-    family = next((family for family in registered_families() if family.name == family_name), None)
+    family = family_named(family_name)
     return family.frame_multiple if family is not None else 1
 
 
@@ -217,6 +222,7 @@ __all__ = [
     "family_by_name",
     "family_for",
     "family_for_model_type",
+    "family_named",
     "find_family",
     "frame_multiple_for",
     "has_reference_positions",

@@ -4,7 +4,7 @@ and the kit of one by name."""
 from __future__ import annotations
 
 from framefusion.errors import InputError
-from framefusion.families import registered_families
+from framefusion.families import family_named, registered_families
 from framefusion.families.kit import FamilyKit, TINY_FRAME_SIDE, TINY_PATCH_SIZE, TINY_TEXT_DIMS
 
 __all__ = ["FamilyKit", "TINY_FRAME_SIDE", "TINY_PATCH_SIZE", "TINY_TEXT_DIMS", "family_kit", "tiny_families"]
@@ -19,9 +19,8 @@ def tiny_families() -> tuple[str, ...]:
 
 def family_kit(name: str) -> FamilyKit:
     """The kit of family `name` (e.g. "qwen2-vl"); InputError listing the families that have one otherwise."""
-    for family in registered_families():
-        if family.name == name:
-            kit = family.tiny_kit()
-            if kit is not None:
-                return kit
+    family = family_named(name)
+    kit = family.tiny_kit() if family is not None else None
+    if kit is not None:
+        return kit
     raise InputError(f"unknown model family {name!r}: use one of {', '.join(tiny_families())}")

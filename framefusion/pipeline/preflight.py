@@ -144,10 +144,10 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
 def check_profile_fits(family_name: str | None, profile: Profile) -> None:
     """Refuse, before loading, a profile whose stage the family called `family_name` cannot run (FastVID where it was
     not measured); None or an unknown name: checked once the model is loaded."""
-    from framefusion.families import registered_families
+    from framefusion.families import family_named
 
     kwargs = profile.reduction_kwargs() or {}
-    family = next((family for family in registered_families() if family.name == family_name), None)
+    family = family_named(family_name)
     if family is None or kwargs.get("before_llm") is None:
         return
     try:
