@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -15,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # framefusion's own cache (tiny checkpoints, features) in a folder of this run, never the user's.
 os.environ["FRAMEFUSION_CACHE"] = tempfile.mkdtemp(prefix="framefusion-tests-")
+# Each pytest process (xdist workers too) removes its own: left behind, a few hundred runs fill a disk.
+atexit.register(shutil.rmtree, os.environ["FRAMEFUSION_CACHE"], ignore_errors=True)
 
 
 def _threads_per_worker() -> int | None:
