@@ -64,7 +64,7 @@ def ask(
             stdout.print()
         compared_results = []
         if compared is not None:
-            if compared.pre_vision_stages() != qa.profile.pre_vision_stages():
+            if compared.encoding_stages() != qa.profile.encoding_stages():
                 # The compared profile encodes the video differently (frame dedup): its own encoding, timed.
                 qa.use_profile(compared)
                 prepared = prepare_video_file(qa, settings, video, None)

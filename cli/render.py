@@ -44,8 +44,8 @@ def token_table(result: AskResult) -> Table:
     requested = f" (requested {tokens.requested_cost:g})" if result.settings.get("method", "none") != "none" else ""
     table.caption = f"cost {tokens.cost:.3f} achieved{requested}; {tokens.prompt - tokens.final:,} tokens removed"
     for stage in result.settings.get("stages", []):
-        if "substituted" in stage:
-            table.caption += f"; {stage['kind']} with {stage['substituted']} (docs/methods.md)"
+        if "signals" in stage:
+            table.caption += f"; {stage['kind']}'s {stage['signals']} (docs/methods.md)"
     return table
 
 

@@ -49,7 +49,7 @@ def test_the_saved_profile_keeps_the_default_profiles_stages_with_the_calibrated
     assert result.exit_code == 0, result.output
     threshold = round(json.loads(result.stdout)["similarity_lower_bound"], 4)
     saved, default = load_profiles(profiles_file)["mine"], get_profile("framefusion")
-    assert saved.pre_vision_stages() == default.pre_vision_stages() != []  # frame dedup as the default has it
+    assert saved.encoding_stages() == default.encoding_stages() != []  # frame dedup as the default has it
     assert (saved.method, saved.cost, saved.similarity_lower_bound) == ("framefusion", 0.3, threshold)
 
 

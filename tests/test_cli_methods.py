@@ -42,10 +42,10 @@ def test_each_stage_is_reported_and_the_llm_gets_fewer_tokens(model, profile, ki
                      "--json", "--max-new-tokens", "2")
     payload = printed_json(result)
     tokens, stages = payload["tokens"], payload["tokens"]["stages"]
-    # The settings as they ran: nothing left to the family unresolved, and the substituted signals named.
+    # The settings as they ran: nothing left to the family unresolved, and where the signals came from named.
     for stage in payload["settings"]["stages"]:
         assert None not in stage.values(), stage
-        assert ("substituted" in stage) == (stage["kind"] in ("fastvid", "holitom")), stage
+        assert ("signals" in stage) == (stage["kind"] in ("fastvid", "holitom")), stage
     # FrameFusion after a reduction before the LLM merges, and prunes when merging left the budget unmet.
     later_kinds = {stage["kind"] for stage in stages[1:]}
     assert later_kinds <= set(kinds[1:]) and bool(later_kinds) == (len(kinds) > 1)

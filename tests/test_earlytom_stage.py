@@ -51,7 +51,7 @@ def test_the_towers_frames_merge_as_the_pure_function_and_come_back_padded():
         merged, merged_scores, groups = earlytom.merge_frames(published.hidden_states[1], scores, tau=SETTINGS.tau,
                                                               max_window=SETTINGS.max_window, ema=SETTINGS.ema,
                                                               regroup=True)
-        parts = family_for(model).earlytom_tower(model)
+        parts = family_for(model).batch_tower(model)
         with encoding_with(parts, SETTINGS, None) as merging:
             output = tower(pixels, output_hidden_states=True)
     plan = merging.plan
@@ -68,7 +68,7 @@ def test_the_towers_frames_merge_as_the_pure_function_and_come_back_padded():
 
 def test_the_selection_before_the_llm_is_stage_two_at_the_videos_first_positions():
     model, inputs = _model_and_video()
-    with torch.no_grad(), encoding_with(family_for(model).earlytom_tower(model), SETTINGS, None) as merging:
+    with torch.no_grad(), encoding_with(family_for(model).batch_tower(model), SETTINGS, None) as merging:
         features = model.model.get_video_features(inputs["pixel_values_videos"], vision_feature_layer=-1,
                                                   vision_feature_select_strategy="full").pooler_output
     plan = merging.plan
@@ -136,7 +136,7 @@ def test_on_llava_next_video_the_class_token_and_the_unused_last_layer_stay_out(
 
     loaded = load_model("random:tiny-llava-next-video", device="cpu", dtype=torch.float32)
     model = loaded.model
-    parts = family_for(model).earlytom_tower(model)
+    parts = family_for(model).batch_tower(model)
     layers = compat.vision_encoder_layers(model.model.vision_tower)
     assert list(parts.layers) == layers[:-1]
     pixels = torch.rand(6, 3, 112, 112)

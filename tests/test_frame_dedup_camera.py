@@ -222,7 +222,7 @@ def test_the_default_profile_is_noise_aware_and_dedup_stays_exact():
 def test_a_stage_without_a_mode_is_exact_as_before(tmp_path):
     profile = get_profile("mine", write_profiles(tmp_path, "{kind: frame-dedup, max_difference: 2}"))
     assert (profile.dedup_mode, profile.max_difference, profile.dedup_sensitivity) == ("exact", 2.0, None)
-    assert profile.pre_vision_stages() == [{"kind": "frame-dedup", "max_difference": 2.0}]
+    assert profile.encoding_stages() == [{"kind": "frame-dedup", "max_difference": 2.0}]
 
 
 def test_a_noise_aware_stage_loads_and_round_trips(tmp_path):

@@ -500,7 +500,7 @@ def test_the_published_methods_profiles_give_the_librarys_objects():
         assert kwargs["merge"] and kwargs["prune"] and kwargs["before_llm"].kind == name.split("-")[0]
     assert [stage["kind"] for stage in profiles["holitom"].stages()] == ["holitom", "inner-merge"]
     assert profiles["earlytom"].reduction_kwargs()["before_llm"] == EarlyTom()
-    assert profiles["earlytom"].pre_vision_stages() == [profiles["earlytom"].before_llm]  # it changes the features
+    assert profiles["earlytom"].encoding_stages() == [profiles["earlytom"].before_llm]  # it changes the features
 
 
 def test_stage_defaults_are_the_librarys_defaults():

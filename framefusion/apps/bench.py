@@ -291,7 +291,7 @@ def run_bench(qa: VideoQA, clip: VideoClip, profiles: Sequence[Profile], *, repe
     note = on_progress or (lambda message: None)
     def encoded(prepared: dict[str, PreparedVideo], profile: Profile, stage: str) -> PreparedVideo:
         # Profiles with the same stages before the vision encoder share one encoding per round.
-        stages = profile.pre_vision_stages()
+        stages = profile.encoding_stages()
         setting = json.dumps(stages, sort_keys=True)
         if setting not in prepared:
             described = ", ".join(" ".join(str(value) for value in item.values()) for item in stages)

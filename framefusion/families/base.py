@@ -72,8 +72,11 @@ class Family:
     # FastVID was not measured on it and is refused (runtime/before_llm.py).
     fastvid_variant: str | None = None
     # Whether the vision tower encodes a video's frames as a batch of images, so that EarlyTom can merge frames inside
-    # it (earlytom_tower gives its parts); towers that pack the frames into one sequence (Qwen-VL) cannot.
+    # it (batch_tower gives its parts); towers that pack the frames into one sequence (Qwen-VL) cannot.
     merges_frames_in_tower: bool = False
+    # Whether that tower is SigLIP, whose attention-pooling head FastVID's LLaVA-OneVision code reads (its
+    # pooling_head setting).
+    siglip_tower: bool = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -189,8 +192,10 @@ class Family:
         """Install what this family needs beyond the generic hooks (called at the end of runtime.install(); whatever
         it replaces through runtime.replace_attribute is put back by runtime.remove()). Default: nothing."""
 
-    def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
-        """The vision tower's parts EarlyTom merges frames in (families with merges_frames_in_tower), else None."""
+    def batch_tower(self, model: nn.Module) -> TowerParts | None:
+        """The parts of a vision tower that encodes the frames as a batch of images (families with
+        merges_frames_in_tower): where EarlyTom merges frames and HoliTom and FastVID read the tower's signals. Else
+        None."""
         return None
 
     # --- rotary positions ---------------------------------------------------------------------------------------

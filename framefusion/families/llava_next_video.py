@@ -55,7 +55,7 @@ class LlavaNextVideo(Family):
         # The pooler (average, max or conv) has kernel = stride and no padding: floor division per side.
         return (patches_per_side // config.spatial_pool_stride) ** 2
 
-    def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
+    def batch_tower(self, model: nn.Module) -> TowerParts | None:
         from framefusion.runtime.vision_merge import batch_tower_parts
 
         multimodal = self.multimodal_model(model)

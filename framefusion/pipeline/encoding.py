@@ -1,9 +1,10 @@
-"""Running the vision encoder under a profile's stages before and inside it: frame dedup
-(framefusion.methods.frame_dedup) or EarlyTom's frame merging (framefusion.runtime.vision_merge).
-VideoQA.prepare_video, the one path every application prepares its videos through, calls `encode_video`.
+"""Running the vision encoder under a profile's encoding stages: frame dedup (framefusion.methods.frame_dedup),
+EarlyTom's frame merging (framefusion.runtime.vision_merge), or the capture of the signals HoliTom and FastVID read from
+the tower (framefusion.runtime.tower_signals). VideoQA.prepare_video, the one path every application prepares its
+videos through, calls `encode_video`.
 
 The stages come from the profile the video is prepared for, which need not be the one applied to the model (the
-benchmark prepares for each profile in turn): a frame merging the applied profile installed is set aside meanwhile.
+benchmark prepares for each profile in turn): what the applied profile installed in the tower is set aside meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from framefusion.api import framefusion_handle
 from framefusion.errors import InputError, ProfileError
 from framefusion.profiles.catalog import stage_method
+from framefusion.runtime.before_llm import tower_capture
+from framefusion.runtime.tower_signals import TowerSignalCapture, TowerSignals
 from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan, encoding_with
 
 if TYPE_CHECKING:
@@ -23,33 +26,68 @@ if TYPE_CHECKING:
 
 
 def encode_video(qa: VideoQA, clip: VideoClip, video_inputs: dict[str, torch.Tensor], stages: list[dict[str, Any]]
-                 ) -> tuple[str, Any, Any, VisionPlan | None]:
-    """(modality, features, the frame-dedup plan or None, EarlyTom's VisionPlan or None): every frame encoded, with
-    frame dedup only those that differ, or with EarlyTom fewer frames after its prune layers."""
+                 ) -> tuple[str, Any, Any, VisionPlan | TowerSignals | None]:
+    """(modality, features, the frame-dedup plan or None, what the tower gave or None): every frame encoded, with
+    frame dedup only those that differ, or with EarlyTom fewer frames after its prune layers (its VisionPlan); with
+    HoliTom or FastVID the tower's signals (TowerSignals) where its family's tower gives them."""
     from framefusion.methods.frame_dedup import plan_frame_dedup
 
-    plan = None
+    plan, reading = None, None
     for stage in stages:
         if stage["kind"] == "earlytom":
             return _encode_merging_frames(qa, video_inputs, stage)
-        if stage["kind"] != "frame-dedup":
-            raise ProfileError(f"no stage {stage['kind']!r} runs before the vision encoder", setting="profile")
-        if qa.adapter is not None:  # a model of no known family: its layout is unknown, every frame encoded
+        if stage["kind"] in ("holitom", "fastvid"):
+            reading = stage
+        elif stage["kind"] != "frame-dedup":
+            raise ProfileError(f"no stage {stage['kind']!r} runs in the vision encoder", setting="profile")
+        elif qa.adapter is not None:  # a model of no known family: its layout is unknown, every frame encoded
             settings = {key: value for key, value in stage.items() if key != "kind"}
             plan = plan_frame_dedup(clip.frames, unit_frames=qa.adapter.frame_multiple, **settings)
-    with encoding_with(None, None, _installed_merging(qa)):
-        if plan is None:
-            return (*qa.video_encoding.encode_video(qa.model, video_inputs), None, None)
-        if plan.encodes_every_unit:
-            return (*qa.adapter.encode_video(qa.model, video_inputs), plan, None)
-        modality, features = qa.adapter.encode_frames(qa.model, video_inputs, plan.encoded, plan.sources)
-    return modality, features, plan, None
+    capture = _signal_capture(qa, reading)
+    with encoding_with(None, None, _installed_capture(qa)):
+        if capture is not None:
+            capture.install()
+        try:
+            if plan is None:
+                modality, features = qa.video_encoding.encode_video(qa.model, video_inputs)
+            elif plan.encodes_every_unit:
+                modality, features = qa.adapter.encode_video(qa.model, video_inputs)
+            else:
+                modality, features = qa.adapter.encode_frames(qa.model, video_inputs, plan.encoded, plan.sources)
+        finally:
+            if capture is not None:
+                capture.remove()
+    signals = capture.plan if capture is not None else None
+    if signals is not None and plan is not None and not plan.encodes_every_unit:
+        signals = _signals_of_every_frame(signals, plan)
+    return modality, features, plan, signals
+
+
+def _signal_capture(qa: VideoQA, stage: dict[str, Any] | None) -> TowerSignalCapture | None:
+    """The capture of the tower's signals a HoliTom or FastVID stage reads, where the family's tower gives them."""
+    if stage is None or qa.adapter is None:
+        return None
+    try:
+        return tower_capture(stage_method(stage).resolved(qa.adapter), qa.adapter, qa.model)
+    except ValueError as error:
+        raise InputError(str(error), setting="profile", value=qa.profile.name) from error
+
+
+def _signals_of_every_frame(signals: TowerSignals, plan: Any) -> TowerSignals:
+    """Frame dedup encoded only some units: each frame takes the signals of the unit whose features it reuses."""
+    encoded = plan.encoded
+    unit_rows = signals.attention.shape[0] // len(encoded)  # frames a unit gave the tower
+    rows = torch.tensor([encoded.index(source) * unit_rows + offset
+                         for source in plan.sources for offset in range(unit_rows)], device=signals.attention.device)
+    rows = rows[:plan.num_frames]
+    vectors = None if signals.frame_vectors is None else signals.frame_vectors[rows]
+    return TowerSignals(signals.attention[rows], vectors, signals.source)
 
 
 def _encode_merging_frames(qa: VideoQA, video_inputs: dict[str, torch.Tensor], stage: dict[str, Any]
                            ) -> tuple[str, Any, None, VisionPlan | None]:
     family = qa.adapter
-    parts = family.earlytom_tower(qa.model) if family is not None else None
+    parts = family.batch_tower(qa.model) if family is not None else None
     if parts is None:
         raise InputError("EarlyTom merges frames inside a vision tower that encodes them as a batch of images; this "
                          "model's does not: use holitom, fastvid or vidcom2", setting="profile", value=qa.profile.name)
@@ -57,11 +95,11 @@ def _encode_merging_frames(qa: VideoQA, video_inputs: dict[str, torch.Tensor], s
         settings = stage_method(stage).resolved(family)
     except ValueError as error:
         raise InputError(str(error), setting="profile", value=qa.profile.name) from error
-    with encoding_with(parts, settings, _installed_merging(qa)) as merging:
+    with encoding_with(parts, settings, _installed_capture(qa)) as merging:
         modality, features = family.encode_video(qa.model, video_inputs)
     return modality, features, None, merging.plan
 
 
-def _installed_merging(qa: VideoQA) -> FrameMergingTower | None:
+def _installed_capture(qa: VideoQA) -> FrameMergingTower | TowerSignalCapture | None:
     handle = framefusion_handle(qa.model)
-    return handle.runtime.frame_merging if handle is not None else None
+    return handle.runtime.tower_capture if handle is not None else None

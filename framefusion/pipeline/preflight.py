@@ -147,6 +147,10 @@ def check_profile_fits(family_name: str | None, profile: Profile) -> None:
     from framefusion.families import family_named
 
     kwargs = profile.reduction_kwargs() or {}
+    pooling_head = getattr(kwargs.get("before_llm"), "pooling_head", None)
+    if pooling_head is not None and pooling_head.startswith(("/", "./", "../")) and not Path(pooling_head).is_dir():
+        raise InputError("FastVID's pooling_head names no folder: give a SigLIP checkpoint's folder or hub id",
+                         setting="profile", value=profile.name)
     family = family_named(family_name)
     if family is None or kwargs.get("before_llm") is None:
         return
@@ -201,7 +205,7 @@ def feature_key(qa: Any, sampling: dict[str, Any], video: str | Path) -> str:
     from framefusion.pipeline.feature_cache import cache_key, video_fingerprint
 
     # Stages before the vision encoder change the features; without any the key is what it always was.
-    return cache_key(video=video_fingerprint(video), sampling=sampling, stages=qa.profile.pre_vision_stages(),
+    return cache_key(video=video_fingerprint(video), sampling=sampling, stages=qa.profile.encoding_stages(),
                      model=qa.identity, dtype=str(qa.model.dtype), device_type=qa.device.type)
 
 
@@ -252,9 +256,14 @@ def _blank_clip(description: dict[str, Any], path: str) -> Any:
 
 
 def _plan_details(plan: Any) -> dict[str, Any] | None:
-    """EarlyTom's Stage I result as JSON (a few numbers a frame): it travels with the features it belongs to."""
+    """What the vision tower gave (EarlyTom's Stage I result, or HoliTom's and FastVID's signals) as JSON, a few numbers
+    a frame: it travels with the features it belongs to."""
+    from framefusion.runtime.tower_signals import TowerSignals
+
     if plan is None:
         return None
+    if isinstance(plan, TowerSignals):
+        return plan.details()
     return {"frames_in": plan.frames_in, "frames": plan.frames, "groups": [list(group) for group in plan.groups],
             "scores": plan.scores.float().cpu().tolist(), "layer_frames": list(plan.layer_frames)}
 
@@ -264,7 +273,10 @@ def _plan_from_details(details: dict[str, Any] | None, device: Any) -> Any:
         return None
     import torch
 
+    from framefusion.runtime.tower_signals import TowerSignals
     from framefusion.runtime.vision_merge import VisionPlan
 
+    if details.get("kind") == "tower-signals":
+        return TowerSignals.from_details(details, device)
     return VisionPlan(details["frames_in"], details["frames"], torch.tensor(details["scores"], device=device),
                       [tuple(group) for group in details["groups"]], tuple(details.get("layer_frames", ())))

@@ -28,6 +28,8 @@ from framefusion.errors import InputError, ProfileError, Suggestion
 from framefusion.model_zoo.memory import reporting_out_of_memory
 from framefusion.profiles.catalog import Profile
 from framefusion.runtime.reduction import FrameFusionStats
+from framefusion.runtime.before_llm import signals_used
+from framefusion.runtime.vision_merge import VisionPlan
 from framefusion.pipeline.results import (
     AskResult,
     Conversation,
@@ -109,7 +111,7 @@ class VideoQA:
         identical frames only), in noise-aware mode also frames where no region changed beyond the video's noise.
         The vision time includes deciding which frames to encode.
         """
-        stages = (profile or self.profile).pre_vision_stages()
+        stages = (profile or self.profile).encoding_stages()
         # Processors reject or misread frames only a few pixels high or wide: enlarge those first.
         clip = enlarge_small_frames(clip)
         with Stopwatch(self.device) as preprocess:
@@ -199,14 +201,14 @@ class VideoQA:
         timings.total = timings.decode_video + timings.preprocess + shared_vision + generate_all.seconds
         tokens = self._token_report(prepared.clip, inputs["input_ids"])
         tokens.frames_encoded = prepared.frames_encoded
-        if prepared.vision_plan is not None:
+        if isinstance(prepared.vision_plan, VisionPlan):
             tokens.frames_merged = prepared.vision_plan.frames
             tokens.frames_per_tower_layer = prepared.vision_plan.mean_layer_frames
         tokens.frame_dedup = prepared.frame_dedup
         return AskResult(
             answer=answer_text, question=question, model=self.model_name, profile=self.profile.name,
             video=str(prepared.clip.path), tokens=tokens, timings=timings, new_tokens=int(new_ids.numel()),
-            settings=self._applied_settings(), cache=prepared.cache,
+            settings=self._applied_settings(prepared.vision_plan), cache=prepared.cache,
             conversation=Conversation(output.sequences, compat.output_cache(output), inputs.get("mm_token_type_ids"))
             if keep_cache else None,
         )
@@ -236,14 +238,15 @@ class VideoQA:
         generation["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return generation
 
-    def _applied_settings(self) -> dict[str, Any]:
+    def _applied_settings(self, vision_plan: Any = None) -> dict[str, Any]:
+        """The profile's settings as they ran on a video whose tower gave `vision_plan` (PreparedVideo.vision_plan)."""
         settings = self.profile.settings()
         handle = framefusion_handle(self.model)
         if handle is not None and "similarity_lower_bound" in settings:
             settings["similarity_lower_bound"] = handle.settings.similarity_lower_bound
         if handle is not None:
             for stage in settings.get("stages", []):
-                _fill_applied(stage, handle.settings)
+                _fill_applied(stage, handle.settings, vision_plan)
         return settings
 
     def _token_report(self, clip: VideoClip, input_ids: torch.Tensor) -> TokenReport:
@@ -313,22 +316,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-# Signals of the official code that transformers does not expose, and what stands in for them (docs/methods.md).
-SUBSTITUTED_SIGNALS = {"fastvid": "frame-mean query attention and frame-mean vector over the LLM input",
-                       "holitom": "frame-mean query attention over the LLM input"}
-
-
-def _fill_applied(stage: dict[str, Any], settings: Any) -> None:
+def _fill_applied(stage: dict[str, Any], settings: Any, vision_plan: Any) -> None:
     """A stage's settings as they ran: the values left to the family or depth (None) filled from the applied
-    settings, and which official signals were substituted."""
+    settings, and for HoliTom and FastVID where their signals came from (the vision tower's, or substitutes)."""
     applied = {"inner-merge": settings.inner_merge, "framefusion": settings}.get(stage["kind"], settings.before_llm)
     if applied is not None and getattr(applied, "kind", stage["kind"]) == stage["kind"]:
         for key, value in stage.items():
             if value is None and hasattr(applied, key):
                 filled = getattr(applied, key)
                 stage[key] = list(filled) if isinstance(filled, tuple) else filled
-    if stage["kind"] in SUBSTITUTED_SIGNALS:
-        stage["substituted"] = SUBSTITUTED_SIGNALS[stage["kind"]]
+    if stage["kind"] in ("holitom", "fastvid"):
+        stage["signals"] = signals_used(stage["kind"], vision_plan)
 
 
 def check_frame_count(family: str | None, frames: int | None) -> None:

@@ -98,10 +98,11 @@ class Profile:
             stage["max_difference"] = self.max_difference
         return stage
 
-    def pre_vision_stages(self) -> list[dict]:
-        """The stages before and inside the vision encoder (they change the features: part of the feature cache's
-        key)."""
-        return [stage for stage in self.stages() if stage["kind"] in ("frame-dedup", "earlytom")]
+    def encoding_stages(self) -> list[dict]:
+        """The stages that change what encoding a video gives: those before and inside the vision encoder, and those
+        that read its signals (HoliTom, FastVID). Part of the feature cache's key; profiles with the same share one
+        encoding."""
+        return [stage for stage in self.stages() if stage["kind"] in ENCODING_STAGE_KINDS]
 
     def settings(self) -> dict:
         """The method and the settings that apply to it, plus the stages when the profile has any outside the LLM
@@ -116,6 +117,10 @@ class Profile:
         LLM (the two forms do not mix)."""
         settings = self.settings()
         return {"stages": settings["stages"]} if "stages" in settings else settings
+
+
+# Frame dedup and EarlyTom change the features; HoliTom and FastVID read the vision tower's signals while it encodes.
+ENCODING_STAGE_KINDS = ("frame-dedup", "earlytom", "holitom", "fastvid")
 
 
 def stage_method(stage: Mapping[str, Any]) -> Any:

@@ -36,7 +36,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     # The same defaults as framefusion.EVS, VidCom2, FastVID, HoliTom and InnerMerge (tests/test_profiles.py).
     "evs": {"pruning_rate": 0.75, "per_video": False},
     "vidcom2": {"pruning_rate": 0.75},
-    "fastvid": {"retain_ratio": None, "variant": None},
+    "fastvid": {"retain_ratio": None, "variant": None},  # and pooling_head, only where it is given
     "holitom": {"retain_ratio": 0.10, "tau": 0.65},
     "earlytom": {"retain_ratio": 0.2, "tau": 0.5, "max_window": 6, "ema": 0.9, "layers": None},
     "inner-merge": {"layer": None, "ratio": 0.5},
@@ -108,6 +108,13 @@ def _variant(value: object, number: Callable[[object], float]) -> str | None:
     return value
 
 
+def _pooling_head(value: object, number: Callable[[object], float]) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StageError(f"must name a SigLIP checkpoint with its attention-pooling head, a hub id or a folder "
+                         f"(google/siglip-so400m-patch14-384 for LLaVA-OneVision), got {value!r}", "pooling_head")
+    return value
+
+
 def _cosine(value: object, number: Callable[[object], float]) -> float:
     cosine = number(value)
     if not -1 <= cosine <= 1:
@@ -145,7 +152,7 @@ _STAGE_VALIDATORS = {
     "evs": {"pruning_rate": _pruning_rate, "per_video": _per_video},
     "vidcom2": {"pruning_rate": _pruning_rate},
     "fastvid": {"retain_ratio": _share("retain_ratio", "the share of each frame's tokens kept", optional=True),
-                "variant": _variant},
+                "variant": _variant, "pooling_head": _pooling_head},
     "holitom": {"retain_ratio": _share("retain_ratio", "the share of the video tokens kept"), "tau": _cosine},
     "earlytom": {"retain_ratio": _share("retain_ratio", "the share of the video tokens kept"), "tau": _cosine,
                  "max_window": _max_window, "ema": _share("ema", "the smoothing of the segment similarity"),

@@ -7,23 +7,27 @@ merged token at the position of the token it kept. The settings are small frozen
 `apply_framefusion(before_llm=...)` takes; `resolved(family)` fills what depends on the model family.
 
 Two signals of the official code come from inside the vision tower, which transformers does not expose: the
-per-token attention (FastVID, HoliTom) and FastVID's per-frame vector. Here the attention is that of one query per
-frame, the frame's mean token, over the frame's tokens as the LLM receives them (the form of FastVID's Qwen2.5-VL
-signal and of SigLIP's pooling-head probe); the per-frame vector is the frame's mean token (FastVID's Qwen choice and
-its documented fallback for LLaVA). docs/methods.md lists these substitutes.
+per-token attention (FastVID, HoliTom) and FastVID's per-frame vector. Towers that encode the frames as a batch of
+images give them (runtime/tower_signals.py: the last layer's attention, or SigLIP's pooling head when the user names
+one).
+Elsewhere the attention is that of one query per frame, the frame's mean token, over the frame's tokens as the LLM
+receives them (the form of FastVID's Qwen2.5-VL signal and of SigLIP's pooling-head probe), and the per-frame vector
+is the frame's mean token (FastVID's Qwen choice and its documented fallback for LLaVA). docs/methods.md lists them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import nn
 
 from framefusion.methods import earlytom, evs, fastvid, holitom, vidcom2
 from framefusion.runtime.checks import check_number, check_whole_number
-from framefusion.runtime.vision_merge import VisionPlan
+from framefusion.runtime.tower_signals import TowerSignalCapture, TowerSignals, load_pooling_head
+from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan
 
 FASTVID_VARIANTS = ("parallel", "segmentwise")
 # FastVID's reference settings per variant: the parallel one as measured on LLaVA-OneVision, the segment-wise one
@@ -35,6 +39,7 @@ class _FamilyTraits(Protocol):
     name: str
     fastvid_variant: str | None
     merges_frames_in_tower: bool
+    siglip_tower: bool
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,13 @@ class FastVID:
     """FastVID: segments where consecutive frames stop looking alike, each frame's most attended tokens kept, the rest
     of each segment folded into density-peak anchors. variant None: the one measured on the model's family
     ("parallel" on LLaVA families, "segmentwise" on Qwen families); retain_ratio None: that variant's reference share
-    (0.10, 0.27)."""
+    (0.10, 0.27). pooling_head: a SigLIP checkpoint (hub id or folder) whose attention-pooling head gives the
+    attention and per-frame vector, as the official LLaVA-OneVision code reads them (google/siglip-so400m-patch14-384
+    there); None: the tower's last-layer attention and the frame's mean token."""
 
     retain_ratio: float | None = None
     variant: str | None = None
+    pooling_head: str | None = None
     kind: ClassVar[str] = "fastvid"
 
     def __post_init__(self) -> None:
@@ -85,12 +93,18 @@ class FastVID:
             check_number("retain_ratio", self.retain_ratio, low=0, high=1)
         if self.variant is not None and self.variant not in FASTVID_VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(FASTVID_VARIANTS)}, got {self.variant!r}")
+        if self.pooling_head is not None and (not isinstance(self.pooling_head, str) or not self.pooling_head.strip()):
+            raise ValueError(f"pooling_head must name a SigLIP checkpoint (hub id or folder), "
+                             f"got {self.pooling_head!r}")
 
     def resolved(self, family: _FamilyTraits) -> FastVID:
         variant = self.variant or family.fastvid_variant
         if variant is None:
             raise ValueError(f"FastVID was measured on the LLaVA and Qwen-VL families, not on {family.name}; "
                              "use vidcom2 or holitom there, or name a variant")
+        if self.pooling_head is not None and not family.siglip_tower:
+            raise ValueError(f"FastVID's pooling_head is read on a SigLIP vision tower (LLaVA-OneVision, LLaVA-Video); "
+                             f"{family.name}'s tower is not one: leave pooling_head out")
         retain_ratio = FASTVID_RETAIN_RATIO[variant] if self.retain_ratio is None else self.retain_ratio
         return replace(self, variant=variant, retain_ratio=retain_ratio)
 
@@ -167,6 +181,44 @@ BeforeLLM = EVS | VidCom2 | FastVID | HoliTom | EarlyTom
 METHODS: dict[str, type] = {method.kind: method for method in (EVS, VidCom2, FastVID, HoliTom, EarlyTom)}
 
 
+def tower_capture(method: BeforeLLM | None, family: Any, model: nn.Module
+                  ) -> FrameMergingTower | TowerSignalCapture | None:
+    """What `method` (resolved) runs in the vision tower of `model` (of `family`), not yet installed: EarlyTom's frame
+    merging; HoliTom's and FastVID's signal capture where the tower encodes frames as a batch (None elsewhere: they
+    take the substitutes); None for the other methods. ValueError when EarlyTom or a pooling head cannot run."""
+    if not isinstance(method, (EarlyTom, HoliTom, FastVID)):
+        return None
+    parts = family.batch_tower(model)
+    if isinstance(method, EarlyTom):
+        if parts is None:
+            raise ValueError(f"EarlyTom cannot merge frames in this {family.name} model's vision tower (its features "
+                             "come from an earlier layer than the last)")
+        return FrameMergingTower(parts, method)
+    if parts is None:
+        return None
+    head = None
+    if isinstance(method, FastVID) and method.pooling_head is not None:
+        weight = next(parts.tower.parameters())
+        head = load_pooling_head(method.pooling_head, weight.dtype, str(weight.device))
+        width = parts.layers[-1].self_attn.q_proj.in_features
+        if head.width != width:
+            raise ValueError(f"the SigLIP pooling head of {method.pooling_head} is {head.width} wide, this model's "
+                             f"vision tower {width}: name the SigLIP checkpoint the tower comes from")
+    return TowerSignalCapture(parts, head)
+
+
+def signals_used(kind: str, vision_plan: Any) -> str:
+    """Where the signals of a HoliTom or FastVID stage (`kind`) came from, for reports: the vision tower (vision_plan:
+    its TowerSignals) or the substitutes."""
+    tower = vision_plan if isinstance(vision_plan, TowerSignals) else None
+    used = [f"attention: {tower.source}" if tower is not None
+            else "attention: the frame-mean query over the LLM input (a substitute)"]
+    if kind == "fastvid":
+        has_vectors = tower is not None and tower.frame_vectors is not None
+        used.append(f"frame vector: {tower.source}" if has_vectors else "frame vector: the frame's mean token")
+    return "; ".join(used)
+
+
 def video_grids(patch_types: torch.Tensor) -> list[torch.Tensor]:
     """The sequence positions of each video's tokens, [T, P] frame by frame, from a prompt's patch types [L].
 
@@ -200,8 +252,9 @@ def frame_query_attention(features: torch.Tensor) -> torch.Tensor:
 
 def reduce(method: BeforeLLM, hidden_states: torch.Tensor, patch_types: torch.Tensor,
            vision_plan: VisionPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a (resolved) method on one prompt: hidden_states [L, d], patch_types [L]; vision_plan: EarlyTom's Stage I
-    result for the prompt's video (EarlyTom only).
+    """Run a (resolved) method on one prompt: hidden_states [L, d], patch_types [L]; vision_plan: what the vision
+    tower gave for the prompt's videos: EarlyTom's Stage I result (EarlyTom), or TowerSignals (HoliTom, FastVID; None:
+    the substitute signals).
 
     Returns (rows [L, d]: the input with merged tokens written at their kept positions, keep [L] bool): the tokens
     left are rows[keep]. Tokens that are not video are always kept.
@@ -213,10 +266,13 @@ def reduce(method: BeforeLLM, hidden_states: torch.Tensor, patch_types: torch.Te
         return _select_after_stage_one(method, hidden_states, grids, vision_plan)
     keep = torch.ones(patch_types.shape, dtype=torch.bool, device=hidden_states.device)
     rows = hidden_states
-    for grid in grids:
+    signals: list[TowerSignals | None] = [None] * len(grids)
+    if isinstance(vision_plan, TowerSignals) and isinstance(method, (FastVID, HoliTom)) and grids:
+        signals = vision_plan.per_video([grid.shape[0] for grid in grids])
+    for grid, video_signals in zip(grids, signals, strict=True):
         positions = grid.reshape(-1)
         frames = hidden_states[positions].reshape(*grid.shape, -1)  # [T, P, d]
-        kept, tokens = _reduce_video(method, frames)
+        kept, tokens = _reduce_video(method, frames, video_signals)
         keep[positions] = False
         keep[positions[kept]] = True
         if tokens is not None:
@@ -226,8 +282,10 @@ def reduce(method: BeforeLLM, hidden_states: torch.Tensor, patch_types: torch.Te
     return rows, keep
 
 
-def _reduce_video(method: BeforeLLM, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One video, frames [T, P, d]: (kept flat indices t * P + p, the tokens written there or None: unchanged)."""
+def _reduce_video(method: BeforeLLM, frames: torch.Tensor, signals: TowerSignals | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One video, frames [T, P, d]: (kept flat indices t * P + p, the tokens written there or None: unchanged);
+    signals: the tower's for these frames, or None (the substitutes)."""
     count, per_frame, _ = frames.shape
     flat = frames.reshape(count * per_frame, -1)
     if isinstance(method, EVS):
@@ -236,9 +294,16 @@ def _reduce_video(method: BeforeLLM, frames: torch.Tensor) -> tuple[torch.Tensor
         return torch.nonzero(vidcom2.keep_mask(flat, per_frame, method.pruning_rate)).squeeze(1), None
     # The merging methods run in float32: their clustering distances and means are float32 in the official runs.
     features = frames.float()
-    attention = frame_query_attention(features)
+    if signals is None:
+        attention = frame_query_attention(features)
+    else:
+        if signals.attention.shape != features.shape[:2]:
+            raise ValueError(f"the vision tower's attention has shape {tuple(signals.attention.shape)}, the video's "
+                             f"tokens {tuple(features.shape[:2])}: the family pools its scores unlike its tokens")
+        attention = signals.attention.to(features.device, torch.float32)
     if isinstance(method, FastVID):
-        global_features = features.mean(dim=1)
+        vectors = signals.frame_vectors if signals is not None else None
+        global_features = features.mean(dim=1) if vectors is None else vectors.to(features.device, torch.float32)
         run = fastvid.reduce if method.variant == "parallel" else fastvid.reduce_segmentwise
         tokens, kept = run(features, attention, global_features, retain_ratio=method.retain_ratio)
         return kept, tokens

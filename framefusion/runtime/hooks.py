@@ -30,8 +30,9 @@ from framefusion.methods.framefusion import last_query_importance
 from framefusion.runtime import transformers_compat as compat
 from framefusion.runtime.clock import Stopwatch
 from framefusion.runtime.layers import PreNormLayers
-from framefusion.runtime.before_llm import EarlyTom
+from framefusion.runtime.before_llm import tower_capture
 from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats, PrefillReduction
+from framefusion.runtime.tower_signals import TowerSignalCapture, TowerSignals
 from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan
 from framefusion.runtime.video_inputs import VideoInputs
 
@@ -126,10 +127,12 @@ class FrameFusionRuntime:
         # The layer whose attention rates the tokens for the inner merge (the nearest one before the merge layer that
         # has a softmax attention over every token); None without an inner merge. Set in install().
         self.inner_merge_rater: int | None = None
-        # EarlyTom's frame merging in the vision tower (runtime/vision_merge.py), installed with an EarlyTom setting;
-        # and the Stage I result given for the next prefill when its features were encoded beforehand (use_vision_plan).
-        self.frame_merging: FrameMergingTower | None = None
-        self._given_vision_plan: VisionPlan | None = None
+        # What runs in the vision tower for the stage before the LLM: EarlyTom's frame merging
+        # (runtime/vision_merge.py) or the capture of HoliTom's and FastVID's signals (runtime/tower_signals.py), where
+        # the family's tower encodes frames as a batch; and what the tower gave, passed for the next prefill when its
+        # features were encoded beforehand (use_vision_plan).
+        self.tower_capture: FrameMergingTower | TowerSignalCapture | None = None
+        self._given_vision_plan: VisionPlan | TowerSignals | None = None
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []
         # (module, attribute, what the instance held before: _NOT_SET for nothing)
@@ -146,14 +149,13 @@ class FrameFusionRuntime:
                 raise ValueError(f"{problem}: FrameFusion cannot hook it")
         if self.settings.inner_merge is not None:
             self.inner_merge_rater = self._inner_merge_rater(self.settings.inner_merge.layer)
-        if isinstance(self.settings.before_llm, EarlyTom):
-            parts = self.family.earlytom_tower(self.model)
-            if parts is None:
-                self.remove()
-                raise ValueError(f"EarlyTom cannot merge frames in this {self.family.name} model's vision tower (its "
-                                 "features come from an earlier layer than the last)")
-            self.frame_merging = FrameMergingTower(parts, self.settings.before_llm)
-            self.frame_merging.install()
+        try:
+            self.tower_capture = tower_capture(self.settings.before_llm, self.family, self.model)
+        except ValueError:
+            self.remove()
+            raise
+        if self.tower_capture is not None:
+            self.tower_capture.install()
         for index, layer in enumerate(self.layers):
             # accelerate (device_map) keeps its device-moving wrapper in `forward` and the real one in `_old_forward`:
             # replace the inner one so its hooks stay in place.
@@ -190,9 +192,9 @@ class FrameFusionRuntime:
         return self._prefill
 
     def remove(self) -> None:
-        if self.frame_merging is not None:
-            self.frame_merging.remove()
-            self.frame_merging = None
+        if self.tower_capture is not None:
+            self.tower_capture.remove()
+            self.tower_capture = None
         for module, attribute, previous in reversed(self._replaced_attributes):
             if previous is _NOT_SET:
                 module.__dict__.pop(attribute, None)
@@ -208,14 +210,14 @@ class FrameFusionRuntime:
     def remember_video_grid(self, video_grid_thw: torch.Tensor | None) -> None:
         self._last_video_grid = video_grid_thw if isinstance(video_grid_thw, torch.Tensor) else None
 
-    def use_vision_plan(self, plan: VisionPlan | None) -> None:
+    def use_vision_plan(self, plan: VisionPlan | TowerSignals | None) -> None:
         self._given_vision_plan = plan
 
-    def _vision_plan(self) -> VisionPlan | None:
-        """EarlyTom's Stage I result for this prefill: the one given for it, else the tower's last encoding."""
+    def _vision_plan(self) -> VisionPlan | TowerSignals | None:
+        """What the vision tower gave for this prefill: the one given for it, else the tower's last encoding."""
         if self._given_vision_plan is not None:
             return self._given_vision_plan
-        return self.frame_merging.plan if self.frame_merging is not None else None
+        return self.tower_capture.plan if self.tower_capture is not None else None
 
     def _capture_video_grid(self, original: Callable) -> Callable:
         # wraps() keeps the signature: generate() picks the encoder's arguments by inspecting it.
@@ -264,7 +266,10 @@ class FrameFusionRuntime:
         if self._prefill is not None:
             self.stats = self._prefill.finish()
             self._prefill = None
-            self._given_vision_plan = None  # used by this prefill
+            # Used by this prefill: a later prompt must not read this video's (a chat turn without it, another video).
+            self._given_vision_plan = None
+            if self.tower_capture is not None:
+                self.tower_capture.plan = None
 
     # --- the decoder layer ---------------------------------------------------------------------------------------
     def _make_layer_forward(self, original_forward: Callable, layer: nn.Module, index: int) -> Callable:

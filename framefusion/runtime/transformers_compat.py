@@ -178,6 +178,35 @@ def vision_encoder_layers(tower: torch.nn.Module) -> list[torch.nn.Module]:
     return list(getattr(tower, "vision_model", tower).encoder.layers)
 
 
+def load_siglip_pooling_head(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(post_layernorm, head) of the SigLIP checkpoint `name`: a SiglipModel (its vision_config is read) or a
+    SiglipVisionModel, with weights under `vision_model.post_layernorm` and `vision_model.head`. ValueError when the
+    checkpoint has no attention-pooling head (`vision_use_head` false, as in LLaVA-OneVision's tower)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig.from_pretrained(name)
+    if not getattr(config, "vision_use_head", True):
+        raise ValueError("its vision model has no attention-pooling head (vision_use_head is false)")
+    model, loading = SiglipVisionModel.from_pretrained(name, config=config, output_loading_info=True)
+    missing = [key for key in loading["missing_keys"] if "head." in key or "post_layernorm." in key]
+    if missing:
+        raise ValueError(f"its weights lack {', '.join(sorted(missing)[:3])}")
+    vision = getattr(model, "vision_model", model)  # transformers 5 dropped the nesting
+    return vision.post_layernorm, vision.head
+
+
+def siglip_pooling_head_outputs(head: torch.nn.Module, hidden_states: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What SiglipMultiheadAttentionPoolingHead.forward computes on hidden_states [T, N, D], with the attention it
+    throws away: (the probe's attention over the N patches, mean over heads, [T, N] float32; the pooled vector [T, D]
+    float32). Relies on its `probe`, `attention` (torch's nn.MultiheadAttention, batch first), `layernorm` and `mlp`."""
+    probe = head.probe.repeat(hidden_states.shape[0], 1, 1)
+    attended, weights = head.attention(probe, hidden_states, hidden_states, need_weights=True,
+                                       average_attn_weights=True)
+    pooled = attended + head.mlp(head.layernorm(attended))
+    return weights[:, 0].float(), pooled[:, 0].float()
+
+
 def needs_remote_code(error: BaseException) -> bool:
     """Whether from_pretrained refused `error` because the model needs its repository's code and
     `trust_remote_code=False` was passed (a ValueError that names the argument, on every tested release)."""

@@ -28,6 +28,7 @@ class LlavaOnevision(Family):
     default_similarity_lower_bound = 0.6
     fastvid_variant = "parallel"
     merges_frames_in_tower = True
+    siglip_tower = True
     similarity_source = "FrameFusion authors' LLaVA-Video example"
     importance_queries = 1
     # The HF port appends a single newline embedding after all frames; it is no spatial position.
@@ -54,7 +55,7 @@ class LlavaOnevision(Family):
         side = patches_per_side(config)
         return None if side is None else max(1, math.ceil(side / 2) ** 2)
 
-    def earlytom_tower(self, model: nn.Module) -> TowerParts | None:
+    def batch_tower(self, model: nn.Module) -> TowerParts | None:
         from framefusion.runtime.vision_merge import batch_tower_parts
 
         multimodal = self.multimodal_model(model)

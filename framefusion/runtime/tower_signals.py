@@ -1,0 +1,146 @@
+"""The vision tower's signals that HoliTom and FastVID read in their official code, captured while the tower encodes a
+video's frames as a batch of images (SigLIP, CLIP), and carried with the features to the stage before the LLM.
+
+- HoliTom: the attention each patch receives in the tower's last layer (the layer whose output the features are), mean
+  over heads and queries, pooled like the tokens.
+- FastVID on LLaVA: SigLIP's attention-pooling head, which LLaVA-OneVision checkpoints do not carry, loaded from a
+  SigLIP checkpoint the user names: its probe's attention over the patches (pooled like the tokens) and its pooled
+  vector per frame, from the original SigLIP's post_layernorm and head applied to the tower's output, as the official
+  code does. Without a named head FastVID takes the tower's last-layer attention and the frame's mean token.
+
+Towers that pack the frames into one sequence (Qwen-VL) give nothing here: the stages fall back to the substitute in
+runtime/before_llm.py. docs/methods.md says which signal each family gets.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from framefusion.runtime import transformers_compat as compat
+from framefusion.runtime.vision_merge import TowerParts, attention_received
+
+
+@dataclass
+class TowerSignals:
+    """One encoding's signals for its frames, in the tower's batch order: attention [frames, S] float32 pooled like the
+    tokens; frame_vectors [frames, G] or None (SigLIP's pooled vector); source: where they came from, for reports."""
+
+    attention: torch.Tensor
+    frame_vectors: torch.Tensor | None
+    source: str
+
+    def per_video(self, frame_counts: list[int]) -> list[TowerSignals]:
+        """The signals of each video of a prompt, whose frames the tower encoded in prompt order."""
+        if sum(frame_counts) != self.attention.shape[0]:
+            raise ValueError(f"the vision tower's signals cover {self.attention.shape[0]} frames but the prompt's "
+                             f"videos have {sum(frame_counts)}: encode the prompt's videos under the profile together")
+        pieces, first = [], 0
+        for count in frame_counts:
+            vectors = None if self.frame_vectors is None else self.frame_vectors[first:first + count]
+            pieces.append(TowerSignals(self.attention[first:first + count], vectors, self.source))
+            first += count
+        return pieces
+
+    def details(self) -> dict[str, Any]:
+        """As JSON (a few numbers a frame): it travels with the features in the feature cache."""
+        vectors = None if self.frame_vectors is None else self.frame_vectors.float().cpu().tolist()
+        return {"kind": "tower-signals", "attention": self.attention.float().cpu().tolist(),
+                "frame_vectors": vectors, "source": self.source}
+
+    @classmethod
+    def from_details(cls, details: dict[str, Any], device: torch.device | str) -> TowerSignals:
+        vectors = details["frame_vectors"]
+        return cls(torch.tensor(details["attention"], device=device),
+                   None if vectors is None else torch.tensor(vectors, device=device), details["source"])
+
+
+@dataclass(frozen=True)
+class PoolingHead:
+    """SigLIP's attention-pooling head and the post_layernorm before it, from the checkpoint `name`."""
+
+    name: str
+    post_layernorm: nn.Module
+    head: nn.Module
+
+    @property
+    def width(self) -> int:
+        return self.post_layernorm.normalized_shape[0]
+
+    def __call__(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states [T, N, D] (the tower's last layer output) -> (the probe's attention [T, N] float32, the pooled
+        vector [T, D] float32)."""
+        return compat.siglip_pooling_head_outputs(self.head, self.post_layernorm(hidden_states))
+
+
+@functools.lru_cache(maxsize=2)
+def load_pooling_head(name: str, dtype: torch.dtype, device: str) -> PoolingHead:
+    """The attention-pooling head of the SigLIP checkpoint `name` (a hub id or a local folder; a SigLIP model or its
+    vision model), on `device` in `dtype`. Only the head and post_layernorm are kept. ValueError when it cannot."""
+    try:
+        post_layernorm, head = compat.load_siglip_pooling_head(name)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"cannot load a SigLIP pooling head from {name!r}: {_first_line(error)}") from error
+    return PoolingHead(name, post_layernorm.to(device=device, dtype=dtype), head.to(device=device, dtype=dtype))
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class TowerSignalCapture:
+    """Captures `TowerSignals` on each encoding of the tower (`install` / `remove`, or as a context manager); `plan` is
+    the last encoding's. pooling_head: read SigLIP's head on the last layer's output; None: the last layer's attention.
+    """
+
+    def __init__(self, parts: TowerParts, pooling_head: PoolingHead | None = None):
+        self.parts = parts
+        self.pooling_head = pooling_head
+        self.plan: TowerSignals | None = None
+        self.active = True  # False: the tower runs untouched (another profile's encoding)
+        self._layer = parts.layers[-1]
+        self._previous: Any = None
+
+    @property
+    def source(self) -> str:
+        if self.pooling_head is not None:
+            return f"SigLIP pooling head of {self.pooling_head.name}"
+        depth = len(compat.vision_encoder_layers(self.parts.tower))
+        return f"the vision tower's, layer {len(self.parts.layers)} of {depth} (the features' layer)"
+
+    def install(self) -> None:
+        self._previous = self._layer.__dict__.get("forward")
+        self._layer.forward = self._layer_forward(self._layer.forward)
+
+    def remove(self) -> None:
+        if self._previous is None:
+            self._layer.__dict__.pop("forward", None)
+        else:
+            self._layer.forward = self._previous
+
+    def __enter__(self) -> TowerSignalCapture:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def _layer_forward(self, original: Callable) -> Callable:
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return original(hidden_states, *args, **kwargs)
+            received = attention_received(self._layer, hidden_states) if self.pooling_head is None else None
+            output = original(hidden_states, *args, **kwargs)
+            vectors = None
+            if self.pooling_head is not None:
+                received, vectors = self.pooling_head(output)
+            self.plan = TowerSignals(self.parts.pool_scores(received), vectors, self.source)
+            return output
+
+        return forward
+
