@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tiny_models
-from cli_checks import error_line, run_cli
+from cli_checks import error_line, printed_json, run_cli
 from framefusion import EarlyTom, apply_framefusion, remove_framefusion
 from framefusion.families import family_for
 from framefusion.methods import earlytom
@@ -146,6 +146,56 @@ def test_on_llava_next_video_the_class_token_and_the_unused_last_layer_stay_out(
     assert plan.layer_frames == (6,) and plan.frames < 6 and plan.scores.shape == (plan.frames, (112 // 14 // model.config.spatial_pool_stride) ** 2)
     selected = output.hidden_states[model.config.vision_feature_layer]
     assert torch.equal(selected[plan.frames:], selected[plan.frames - 1:plan.frames].expand(6 - plan.frames, -1, -1))
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_on_smolvlm_later_layers_get_the_masks_of_the_frames_left_and_scores_pool_like_the_connector(attn):
+    """SmolVLM's tower passes every layer a per-frame attention mask where frames are padded: after a merge it is cut
+    to the frames left. Its connector's pixel shuffle gathers each token's 2x2 patches: the scores are their mean."""
+    from framefusion.model_zoo.loading import load_model
+
+    model = load_model("random:tiny-smolvlm", device="cpu", dtype=torch.float32, attn_implementation=attn).model
+    tower = model.model.vision_model
+    first, second = compat.vision_encoder_layers(tower)
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, kwargs, output):
+            seen[name] = (args, kwargs, output)
+        return hook
+
+    hooks = [layer.register_forward_hook(keep(name), with_kwargs=True) for name, layer in [("first", first),
+                                                                                           ("second", second)]]
+    pixels = torch.rand(6, 3, 112, 112)
+    padded = torch.ones(6, 8, 8, dtype=torch.bool)
+    padded[:, -1] = False  # the last row of patches is padding, in every frame
+    with torch.no_grad():
+        published = tower(pixels, patch_attention_mask=padded)
+        (hidden_in, mask, *_), _, hidden_out = seen["first"]
+        scores = attention_received(first, hidden_in)
+        merged, merged_scores, groups = earlytom.merge_frames(hidden_out, scores, tau=-1.0, max_window=6, ema=0.9,
+                                                              regroup=True)
+        expected = tower.post_layernorm(second(merged, mask[:len(merged)] if mask is not None else None))
+        parts = family_for(model).batch_tower(model)
+        with encoding_with(parts, EarlyTom(tau=-1.0, max_window=6, layers=(0,)), None) as merging:
+            output = tower(pixels, patch_attention_mask=padded)
+    for hook in hooks:
+        hook.remove()
+    plan = merging.plan
+    count = len(merged)
+    assert count < 6 and (plan.frames, plan.groups, plan.layer_frames) == (count, groups, (6, count))
+    assert torch.allclose(output.last_hidden_state[:count], expected, atol=1e-5)
+    assert mask is not None and mask.shape[0] == 6  # a per-frame mask really reached the layers
+    side = 112 // 14
+    by_hand = torch.nn.functional.avg_pool2d(merged_scores.view(count, 1, side, side), 2).flatten(1)
+    assert torch.allclose(plan.scores, by_hand, atol=1e-7)
+    assert torch.equal(tower(pixels, patch_attention_mask=padded).last_hidden_state, published.last_hidden_state)
+
+
+def test_ask_with_earlytom_on_smolvlm_merges_frames_and_selects_before_the_llm():
+    tokens = printed_json(_ask(SAMPLE, "--profile", "earlytom", model="random:tiny-smolvlm"))["tokens"]
+    assert tokens["frames_merged"] < tokens["frames"] and tokens["final"] < tokens["prompt"]
+    assert [stage["kind"] for stage in tokens["stages"]] == ["earlytom", "inner-merge"]
 
 
 def test_earlytom_is_refused_before_loading_on_a_packed_tower():

@@ -226,3 +226,23 @@ def test_a_pooling_head_that_cannot_apply_is_refused_before_loading(tmp_path, mo
     result = run_cli("ask", SAMPLE, "What happens?", "--model", model, "--frames", "8", "--profile", "fastvid-head",
                      "--profiles-file", profiles)
     error_line(result, 2, *words, before_loading=True)
+
+
+def test_with_frame_dedup_each_frame_takes_the_signals_of_the_frame_it_reuses():
+    from framefusion.model_zoo import load_model
+    from framefusion.pipeline.video_qa import VideoQA
+    from framefusion.profiles.catalog import get_profile, parse_profiles_text
+    from framefusion.video import VideoClip
+    from videos import moving_square_frames
+
+    stages = {"reads": [{"kind": "holitom"}], "dedup-reads": [{"kind": "frame-dedup"}, {"kind": "holitom"}]}
+    document = {"profiles": {name: {"description": name, "stages": value} for name, value in stages.items()}}
+    profiles = parse_profiles_text(yaml.safe_dump(document), "test")
+    loaded = load_model("random:tiny-llava-onevision", dtype=torch.float32, device="cpu")
+    qa = VideoQA(loaded.model, loaded.processor, model_name="tiny", profile=get_profile("baseline"))
+    clip = VideoClip.from_frames(moving_square_frames(8, 112, still_frames=4), fps=4.0)
+    every = qa.prepare_video(clip, profile=profiles["reads"])
+    deduplicated = qa.prepare_video(clip, profile=profiles["dedup-reads"])
+    assert (every.frames_encoded, deduplicated.frames_encoded) == (8, 5)
+    assert deduplicated.vision_plan.attention.shape == every.vision_plan.attention.shape == (8, 16)
+    assert torch.equal(deduplicated.vision_plan.attention, every.vision_plan.attention)

@@ -15,9 +15,11 @@ from framefusion.families.base import VideoInputs
 from framefusion.families.frames_as_images import FramesAsImagesFamily
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from framefusion.families.kit import FamilyKit
+    from framefusion.runtime.vision_merge import TowerParts
 
 # SmolVLM2's own format; its processor substitutes its video template whenever a video is present.
 SMOLVLM_CHAT_TEMPLATE = r"""
@@ -51,6 +53,8 @@ class SmolVLM(FramesAsImagesFamily):
     # <global-img>. Between tiles of one image: <fake_token_around_image><row_i_col_j>, after a newline at most.
     min_frame_gap = 6
     pixel_frame_dim = 1  # pixel_values [1, T, 3, H, W]
+    # Its SigLIP tower encodes a video's frames as a batch of images, one image a frame.
+    merges_frames_in_tower = True
     aliases = MappingProxyType({"smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct"})
 
     def language_model(self, model: nn.Module) -> nn.Module:
@@ -60,6 +64,18 @@ class SmolVLM(FramesAsImagesFamily):
         vision = model.config.vision_config
         patches_per_side = vision.image_size // vision.patch_size
         return (patches_per_side // model.config.scale_factor) ** 2
+
+    def batch_tower(self, model: nn.Module) -> TowerParts | None:
+        from framefusion.runtime.vision_merge import batch_tower_parts
+
+        connector = self.multimodal_model(model).connector
+
+        def pool_scores(scores: torch.Tensor) -> torch.Tensor:
+            # The connector's own pixel shuffle gathers each token's patches: the token's score is their mean.
+            return connector.pixel_shuffle(scores[..., None], connector.scale_factor).mean(dim=-1).float()
+
+        # The features are the tower's last layer output (after its post_layernorm): every layer can merge frames.
+        return batch_tower_parts(self.multimodal_model(model).vision_model, -1, pool_scores)
 
     def tiny_kit(self) -> FamilyKit:
         return smolvlm_kit()

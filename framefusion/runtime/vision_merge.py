@@ -88,9 +88,13 @@ class FrameMergingTower:
 
     def install(self) -> None:
         self._replace(self.parts.tower, self._tower_forward(self.parts.tower.forward))
-        for index in self.prune_layers:
+        for index in range(self.prune_layers[0], len(self.parts.layers)):
             layer = self.parts.layers[index]
-            self._replace(layer, self._layer_forward(layer, index, layer.forward, last=index == self.prune_layers[-1]))
+            if index in self.prune_layers:
+                last = index == self.prune_layers[-1]
+                self._replace(layer, self._layer_forward(layer, index, layer.forward, last=last))
+            else:  # after a merge: a per-frame attention mask (SmolVLM's) is cut to the frames left
+                self._replace(layer, self._cut_masks(layer.forward))
 
     def remove(self) -> None:
         for module, previous in reversed(self._replaced):
@@ -137,6 +141,7 @@ class FrameMergingTower:
 
     def _layer_forward(self, layer: nn.Module, index: int, original: Callable, last: bool) -> Callable:
         settings = self.settings
+        original = self._cut_masks(original)  # after an earlier prune layer's merge
 
         def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if not self.active:
@@ -153,6 +158,24 @@ class FrameMergingTower:
             return merged
 
         return forward
+
+
+    def _cut_masks(self, original: Callable) -> Callable:
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if self.active:
+                args = tuple(_first_rows(value, hidden_states.shape[0]) for value in args)
+                kwargs = {key: _first_rows(value, hidden_states.shape[0]) for key, value in kwargs.items()}
+            return original(hidden_states, *args, **kwargs)
+
+        return forward
+
+
+def _first_rows(value: Any, frames: int) -> Any:
+    """A per-frame tensor argument of a layer (an attention mask [frames_in, 1, N, N]) cut to the frames left. A
+    video's frames share one size, so every frame's mask is the same and the first rows serve the merged frames."""
+    if isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[0] > frames:
+        return value[:frames]
+    return value
 
 
 def attention_received(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
