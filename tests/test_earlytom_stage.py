@@ -192,10 +192,43 @@ def test_on_smolvlm_later_layers_get_the_masks_of_the_frames_left_and_scores_poo
     assert torch.equal(tower(pixels, patch_attention_mask=padded).last_hidden_state, published.last_hidden_state)
 
 
-def test_ask_with_earlytom_on_smolvlm_merges_frames_and_selects_before_the_llm():
-    tokens = printed_json(_ask(SAMPLE, "--profile", "earlytom", model="random:tiny-smolvlm"))["tokens"]
+def test_internvls_attention_received_is_its_towers_own_with_query_and_key_norms():
+    from transformers import InternVLVisionConfig, InternVLVisionModel
+
+    config = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=[112, 112], patch_size=[14, 14], use_qk_norm=True)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    tower = InternVLVisionModel(config).eval()
+    layers = compat.vision_encoder_layers(tower)
+    assert len(layers) == 2 and not isinstance(layers[1].attention.q_norm, torch.nn.Identity)
+    with torch.no_grad():
+        output = tower(torch.rand(5, 3, 112, 112), output_attentions=True, output_hidden_states=True)
+        received = attention_received(layers[1], output.hidden_states[1])
+    assert torch.allclose(received, output.attentions[1].mean(dim=(1, 2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "internvl"])
+def test_ask_with_earlytom_on_frames_as_images_families_merges_frames_and_selects_before_the_llm(family):
+    tokens = printed_json(_ask(SAMPLE, "--profile", "earlytom", model=f"random:tiny-{family}"))["tokens"]
     assert tokens["frames_merged"] < tokens["frames"] and tokens["final"] < tokens["prompt"]
     assert [stage["kind"] for stage in tokens["stages"]] == ["earlytom", "inner-merge"]
+
+
+def test_internvls_scores_drop_the_class_token_and_pool_like_its_pixel_shuffle():
+    from framefusion.model_zoo.loading import load_model
+
+    model = load_model("random:tiny-internvl", device="cpu", dtype=torch.float32).model
+    parts = family_for(model).batch_tower(model)
+    patches = (112 // 14) ** 2
+    scores = torch.rand(3, 1 + patches)  # the class token first, as the tower's tokens
+    pooled = parts.pool_scores(scores)
+    # The features' own path: drop the class token, pixel shuffle, then a linear map; a mean is one.
+    grid = scores[:, 1:].reshape(3, 8, 8, 1)
+    shuffled = model.model.pixel_shuffle(grid, scale_factor=model.config.downsample_ratio)
+    assert pooled.shape == (3, patches // 4)
+    assert torch.allclose(pooled, shuffled.reshape(3, patches // 4, 4).mean(dim=-1))
+    assert torch.allclose(pooled.sum(dim=1) * 4, scores[:, 1:].sum(dim=1))  # every patch counted once
 
 
 def test_earlytom_is_refused_before_loading_on_a_packed_tower():

@@ -14,9 +14,11 @@ from framefusion.families.base import VideoInputs
 from framefusion.families.frames_as_images import FramesAsImagesFamily
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from framefusion.families.kit import FamilyKit
+    from framefusion.runtime.vision_merge import TowerParts
 
 
 class InternVL(FramesAsImagesFamily):
@@ -28,6 +30,8 @@ class InternVL(FramesAsImagesFamily):
     importance_queries = 1
     # "</img>", a newline, "FrameK", ":", " ", "<img>": a frame label is at least this long, adjacent images are shorter.
     min_frame_gap = 4
+    # Its InternViT tower encodes a video's frames as a batch of images, one 448-px tile a frame.
+    merges_frames_in_tower = True
     aliases = MappingProxyType(
         {"internvl3-1b": "OpenGVLab/InternVL3-1B-hf", "internvl3-8b": "OpenGVLab/InternVL3-8B-hf"}
     )
@@ -36,6 +40,22 @@ class InternVL(FramesAsImagesFamily):
         vision = model.config.vision_config
         patches = (vision.image_size[0] // vision.patch_size[0]) * (vision.image_size[1] // vision.patch_size[1])
         return int(patches * model.config.downsample_ratio**2)
+
+    def batch_tower(self, model: nn.Module) -> TowerParts | None:
+        from framefusion.runtime.vision_merge import batch_tower_parts
+
+        multimodal = self.multimodal_model(model)
+        config = model.config
+
+        def pool_scores(scores: torch.Tensor) -> torch.Tensor:
+            # The model's own pixel shuffle gathers each token's patches (in its transposed order): their mean.
+            frames, patches = scores.shape
+            side = int(patches**0.5)
+            shuffled = multimodal.pixel_shuffle(scores.reshape(frames, side, side, 1), config.downsample_ratio)
+            return shuffled.reshape(frames, -1, shuffled.shape[-1]).mean(dim=-1).float()
+
+        class_tokens = 1 if config.vision_feature_select_strategy == "default" else 0
+        return batch_tower_parts(multimodal.vision_tower, config.vision_feature_layer, pool_scores, class_tokens)
 
     def tiny_kit(self) -> FamilyKit:
         return internvl_kit()

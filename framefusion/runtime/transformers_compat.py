@@ -172,10 +172,28 @@ def vision_encoder(model: torch.nn.Module, modality: str) -> Callable | None:
 
 
 def vision_encoder_layers(tower: torch.nn.Module) -> list[torch.nn.Module]:
-    """The encoder layers of a SigLIP/CLIP-style vision tower (`encoder.layers`; transformers 4 nested them under
-    `vision_model`). EarlyTom relies on each taking the frames' hidden states [T, N, D] as its first argument and
-    returning them as a tensor, with `layer_norm1` before a `self_attn` holding q_proj, k_proj, num_heads and scale."""
-    return list(getattr(tower, "vision_model", tower).encoder.layers)
+    """The encoder layers of a vision tower that encodes images as a batch: SigLIP, CLIP and SmolVLM's
+    (`encoder.layers`; transformers 4 nested them under `vision_model`), InternVL's (`encoder.layer`). EarlyTom relies
+    on each taking the frames' hidden states [T, N, D] as its first argument and returning them as a tensor."""
+    encoder = getattr(tower, "vision_model", tower).encoder
+    return list(encoder.layers if hasattr(encoder, "layers") else encoder.layer)
+
+
+def vision_layer_queries_keys(layer: torch.nn.Module, hidden_states: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(queries, keys [T, heads, N, head_dim], scale) of a vision encoder layer's self-attention on its input
+    hidden_states [T, N, D], as the layer forms them: SigLIP, CLIP and SmolVLM normalise with `layer_norm1` and attend
+    in `self_attn`; InternVL normalises with `layernorm_before` and attends in `attention`, with query and key norms
+    (`q_norm`, `k_norm`, identities where the checkpoint has none) before the split into heads."""
+    if hasattr(layer, "layernorm_before"):
+        attention, normed = layer.attention, layer.layernorm_before(hidden_states)
+        queries, keys = attention.q_norm(attention.q_proj(normed)), attention.k_norm(attention.k_proj(normed))
+    else:
+        attention, normed = layer.self_attn, layer.layer_norm1(hidden_states)
+        queries, keys = attention.q_proj(normed), attention.k_proj(normed)
+    frames, patches, _ = hidden_states.shape
+    split = (frames, patches, attention.num_heads, -1)
+    return queries.view(split).transpose(1, 2), keys.view(split).transpose(1, 2), attention.scale
 
 
 def load_siglip_pooling_head(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -30,8 +30,8 @@ ATTENTION_FRAMES_AT_ONCE = 4
 @dataclass(frozen=True)
 class TowerParts:
     """What EarlyTom needs of a family's vision tower: the module whose forward encodes the frames (a batch of
-    images), its encoder layers (each with `layer_norm1` and a `self_attn` with q_proj, k_proj, num_heads, head_dim,
-    scale), and how the family pools a per-patch score [frames, patches] to its per-frame tokens [frames, S]."""
+    images), its encoder layers (whose attention transformers_compat.vision_layer_queries_keys reads), and how the
+    family pools a per-patch score [frames, patches] to its per-frame tokens [frames, S]."""
 
     tower: nn.Module
     layers: Sequence[nn.Module]
@@ -181,14 +181,10 @@ def _first_rows(value: Any, frames: int) -> Any:
 def attention_received(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """The attention each patch receives in this layer, mean over heads and queries: hidden_states [T, N, D] (the
     layer's input) -> [T, N] float32. The layer's own projections, a few frames at a time."""
-    attention = layer.self_attn
-    normed = layer.layer_norm1(hidden_states)
     received = []
-    for chunk in normed.split(ATTENTION_FRAMES_AT_ONCE):
-        frames, patches, _ = chunk.shape
-        queries = attention.q_proj(chunk).view(frames, patches, attention.num_heads, -1).transpose(1, 2)
-        keys = attention.k_proj(chunk).view(frames, patches, attention.num_heads, -1).transpose(1, 2)
-        weights = torch.softmax((queries @ keys.transpose(-2, -1)).float() * attention.scale, dim=-1)
+    for chunk in hidden_states.split(ATTENTION_FRAMES_AT_ONCE):
+        queries, keys, scale = compat.vision_layer_queries_keys(layer, chunk)
+        weights = torch.softmax((queries @ keys.transpose(-2, -1)).float() * scale, dim=-1)
         received.append(weights.mean(dim=(1, 2)))
     return torch.cat(received)
 
