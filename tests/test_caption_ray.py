@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -23,7 +24,7 @@ from framefusion.apps.caption.local import CaptionRun, CaptionSettings
 from framefusion.apps.caption.ray_engine import KILL_WORKER_VARIABLE, RayOptions, check_videos_visible, plan_workers
 from framefusion.errors import InputError
 from framefusion.profiles.catalog import get_profile
-from cli_checks import framefusion_command, read_jsonl, run_cli
+from cli_checks import error_line, framefusion_command, read_jsonl, run_cli
 from processes import command_line, describe, descendants, still_running_after, wait_for_records
 from videos import copied_videos, write_indexed_video, write_truncated_video
 
@@ -95,6 +96,26 @@ def test_without_ray_installed_the_engine_says_how_to_install_it(folder, tmp_pat
 def test_ray_settings_are_refused_with_the_local_engine(folder, tmp_path, cli):
     result = cli(folder, "--output", tmp_path / "out.jsonl", "--workers", "2", *FAST)
     assert result.exit_code == 2 and "--workers: only with --engine ray" in result.output
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_a_cluster_address_nothing_answers_at_is_refused_at_once_and_nothing_is_written(folder, tmp_path, cli, scheme):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"{scheme}127.0.0.1:{port}"
+    result = cli(folder, "--output", tmp_path / "out.jsonl", "--engine", "ray", "--address", address, *FAST)
+    error_line(result, 2, f"--address {address}", "no Ray cluster answers there", "ray start --head",
+               before_loading=True)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_address_that_is_not_one_is_refused():
+    from framefusion.apps.caption.ray_engine import ray_session
+
+    with pytest.raises(InputError, match="is not a Ray address: use auto, host:port"):
+        with ray_session(ray, "my-cluster"):
+            pass
 
 
 def test_a_pool_larger_than_the_machine_is_refused_with_what_fits():
