@@ -210,11 +210,15 @@ def test_ask_names_the_signals_and_a_cache_hit_carries_them(tmp_path):
     assert holitom_run["settings"]["stages"][0]["signals"].startswith("attention: the vision tower's, layer 2 of 2")
 
 
-def test_qwen_families_say_they_get_the_substitute():
+@pytest.mark.parametrize("profile, signals", [
+    ("fastvid", "attention: the vision tower's last block, each frame's mean query over its merge units; "
+                "frame vector: the frame's mean token"),
+    ("holitom", "attention: the frame-mean query over the LLM input (a substitute)"),
+])
+def test_on_qwen_fastvid_reads_the_last_block_and_holitom_says_it_takes_the_substitute(profile, signals):
     payload = printed_json(run_cli("ask", SAMPLE, "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8",
-                                   "--max-new-tokens", "2", "--json", "--profile", "fastvid"))
-    assert payload["settings"]["stages"][0]["signals"] == (
-        "attention: the frame-mean query over the LLM input (a substitute); frame vector: the frame's mean token")
+                                   "--max-new-tokens", "2", "--json", "--profile", profile))
+    assert payload["settings"]["stages"][0]["signals"] == signals
 
 
 @pytest.mark.parametrize("model, head, words", [
@@ -246,3 +250,62 @@ def test_with_frame_dedup_each_frame_takes_the_signals_of_the_frame_it_reuses():
     assert (every.frames_encoded, deduplicated.frames_encoded) == (8, 5)
     assert deduplicated.vision_plan.attention.shape == every.vision_plan.attention.shape == (8, 16)
     assert torch.equal(deduplicated.vision_plan.attention, every.vision_plan.attention)
+
+
+def _qwen25_with_windows():
+    """Tiny Qwen2.5-VL whose 8x8-patch frames make 4x4 merge units in four 2x2-unit windows: the blocks see the units
+    in window order, the LLM in raster order."""
+    return tiny_models.qwen2_vl(num_layers=2, version="2.5"), tiny_models.qwen_video_inputs([(2, 8, 8)])
+
+
+def test_fastvids_qwen_signal_is_each_frames_mean_query_over_its_merge_units_in_token_order():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    from framefusion.runtime.tower_signals import PackedTowerSignalCapture
+
+    model, inputs = _qwen25_with_windows()
+    visual = model.model.visual
+    seen = {}
+    hooks = [visual.blocks[-1].attn.register_forward_pre_hook(
+                 lambda module, args, kwargs: seen.update(hidden=args[0], rotary=kwargs["position_embeddings"]),
+                 with_kwargs=True),
+             visual.merger.register_forward_hook(lambda module, args, output: seen.update(merged=output))]
+    with torch.no_grad(), PackedTowerSignalCapture(visual) as capture:
+        output = visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"])
+    for hook in hooks:
+        hook.remove()
+    attention, heads = visual.blocks[-1].attn, visual.blocks[-1].attn.num_heads
+    with torch.no_grad():
+        queries, keys, _ = attention.qkv(seen["hidden"]).view(128, 3, heads, -1).unbind(1)
+        queries, keys = apply_rotary_pos_emb_vision(queries, keys, *seen["rotary"])
+    by_frame = []
+    for frame in range(2):  # 64 patches a temporal frame, 16 units of 4
+        query = queries[frame * 64:(frame + 1) * 64].mean(dim=0)
+        unit_keys = keys[frame * 64:(frame + 1) * 64].view(16, 4, heads, -1).mean(dim=1)
+        logits = torch.einsum("hd,uhd->hu", query, unit_keys) / math.sqrt(query.shape[-1])
+        by_frame.append(torch.softmax(logits, dim=-1).mean(dim=0))
+    in_block_order = torch.cat(by_frame)
+    # The merged tokens' order, read off the tower's own output: its rows are the merger's, permuted back from windows.
+    raster = torch.cdist(output.pooler_output, seen["merged"]).argmin(dim=1)
+    assert raster.tolist() != list(range(32)) and sorted(raster.tolist()) == list(range(32))
+    assert torch.allclose(capture.plan.attention, in_block_order[raster].view(2, 16), atol=1e-6)
+    assert capture.plan.frame_vectors is None  # FastVID's Qwen vector is the frame's mean token
+
+
+def test_fastvid_on_qwen_reduces_with_the_towers_signal():
+    from framefusion.runtime.tower_signals import PackedTowerSignalCapture
+
+    model, inputs = _qwen25_with_windows()
+    with torch.no_grad(), PackedTowerSignalCapture(model.model.visual) as capture:
+        features = model.model.get_video_features(inputs["pixel_values_videos"],
+                                                  inputs["video_grid_thw"]).pooler_output
+    video = torch.cat(features).float().view(2, 16, -1)
+    settings = FastVID(retain_ratio=0.3)
+    tokens, kept = fastvid.reduce_segmentwise(video, capture.plan.attention, video.mean(dim=1), retain_ratio=0.3)
+    handle = apply_framefusion(model, merge=False, prune=False, before_llm=settings)
+    with torch.no_grad():
+        model(**inputs)
+    start = len(tiny_models.TEXT_BEFORE) + 1  # after vision_start
+    kept_video = [position - start for position in handle.stats.kept_positions if start <= position < start + 32]
+    assert kept_video == kept.tolist()
+    remove_framefusion(model)

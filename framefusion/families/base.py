@@ -198,6 +198,11 @@ class Family:
         None."""
         return None
 
+    def packed_tower(self, model: nn.Module) -> nn.Module | None:
+        """The vision tower, where it packs a video's frames into one sequence of blocks (Qwen-VL): FastVID reads its
+        last block's attention there. Else None."""
+        return None
+
     # --- rotary positions ---------------------------------------------------------------------------------------
     def restore_reference_positions(self, model: nn.Module) -> bool:
         """Make the model place rotary positions as the family's reference code does, where transformers differs.

@@ -47,6 +47,9 @@ class Qwen3VL(Family):
         }
     )
 
+    def packed_tower(self, model: nn.Module) -> nn.Module | None:
+        return self.multimodal_model(model).visual
+
     def tokens_per_frame(self, model: nn.Module, video_index: int, num_tokens: int, video: VideoInputs) -> int:
         grid = self._grid(video, video_index)
         merge = model.config.vision_config.spatial_merge_size

@@ -26,7 +26,12 @@ from torch import nn
 
 from framefusion.methods import earlytom, evs, fastvid, holitom, vidcom2
 from framefusion.runtime.checks import check_number, check_whole_number
-from framefusion.runtime.tower_signals import TowerSignalCapture, TowerSignals, load_pooling_head
+from framefusion.runtime.tower_signals import (
+    PackedTowerSignalCapture,
+    TowerSignalCapture,
+    TowerSignals,
+    load_pooling_head,
+)
 from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan
 
 FASTVID_VARIANTS = ("parallel", "segmentwise")
@@ -182,10 +187,11 @@ METHODS: dict[str, type] = {method.kind: method for method in (EVS, VidCom2, Fas
 
 
 def tower_capture(method: BeforeLLM | None, family: Any, model: nn.Module
-                  ) -> FrameMergingTower | TowerSignalCapture | None:
+                  ) -> FrameMergingTower | TowerSignalCapture | PackedTowerSignalCapture | None:
     """What `method` (resolved) runs in the vision tower of `model` (of `family`), not yet installed: EarlyTom's frame
-    merging; HoliTom's and FastVID's signal capture where the tower encodes frames as a batch (None elsewhere: they
-    take the substitutes); None for the other methods. ValueError when EarlyTom or a pooling head cannot run."""
+    merging; HoliTom's and FastVID's signal capture where the tower encodes frames as a batch, FastVID's where it
+    packs them (Qwen-VL; HoliTom there, and both elsewhere, take the substitutes); None for the other methods.
+    ValueError when EarlyTom or a pooling head cannot run."""
     if not isinstance(method, (EarlyTom, HoliTom, FastVID)):
         return None
     parts = family.batch_tower(model)
@@ -195,7 +201,8 @@ def tower_capture(method: BeforeLLM | None, family: Any, model: nn.Module
                              "come from an earlier layer than the last)")
         return FrameMergingTower(parts, method)
     if parts is None:
-        return None
+        packed = family.packed_tower(model)
+        return PackedTowerSignalCapture(packed) if packed is not None and isinstance(method, FastVID) else None
     head = None
     if isinstance(method, FastVID) and method.pooling_head is not None:
         weight = next(parts.tower.parameters())

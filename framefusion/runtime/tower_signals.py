@@ -8,8 +8,12 @@ video's frames as a batch of images (SigLIP, CLIP), and carried with the feature
   vector per frame, from the original SigLIP's post_layernorm and head applied to the tower's output, as the official
   code does. Without a named head FastVID takes the tower's last-layer attention and the frame's mean token.
 
-Towers that pack the frames into one sequence (Qwen-VL) give nothing here: the stages fall back to the substitute in
-runtime/before_llm.py. docs/methods.md says which signal each family gets.
+- FastVID on Qwen-VL, whose tower packs the frames into one sequence (its official Qwen2.5-VL signal): in the tower's
+  last block, the attention of each temporal frame's mean query over the frame's merge units (the mean of each unit's
+  keys), rotary embedding applied, mean over heads, in the merged tokens' order (PackedTowerSignalCapture).
+
+Elsewhere the stages fall back to the substitute in runtime/before_llm.py. docs/methods.md says which signal each
+family gets.
 """
 
 from __future__ import annotations
@@ -144,3 +148,63 @@ class TowerSignalCapture:
 
         return forward
 
+
+class PackedTowerSignalCapture:
+    """FastVID's Qwen-VL signal, captured on each encoding of a tower that packs the frames into one sequence
+    (`install` / `remove`, or as a context manager); `plan` is the last encoding's TowerSignals, None when its videos'
+    frames differ in size (no [frames, S] table holds them: the stage takes the substitute)."""
+
+    source = "the vision tower's last block, each frame's mean query over its merge units"
+
+    def __init__(self, visual: nn.Module):
+        self.visual = visual
+        self.attention = compat.packed_vision_last_attention(visual)
+        self.plan: TowerSignals | None = None
+        self.active = True
+        self._grid: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def install(self) -> None:
+        self._handles = [self.visual.register_forward_pre_hook(self._remember_grid, with_kwargs=True),
+                         self.attention.register_forward_pre_hook(self._capture, with_kwargs=True)]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> PackedTowerSignalCapture:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def _remember_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self.active or self._grid is None:
+            return
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        queries, keys, scale = compat.packed_vision_queries_keys(module, hidden_states, kwargs["position_embeddings"])
+        merge = self.visual.spatial_merge_size ** 2
+        grid = self._grid.tolist()
+        frame_lengths = [height * width for frames, height, width in grid for _ in range(frames)]
+        scores = torch.cat([_mean_query_attention(frame_queries, frame_keys, scale, merge) for frame_queries, frame_keys
+                            in zip(queries.split(frame_lengths), keys.split(frame_lengths), strict=True)])
+        order = compat.vision_window_order(self.visual, self._grid)
+        if order is not None:  # the blocks see the units in window order; the merged tokens come back in raster order
+            scores = scores[torch.argsort(order.to(scores.device))]
+        per_frame = {height * width // merge for _, height, width in grid}
+        self.plan = (TowerSignals(scores.view(-1, per_frame.pop()), None, self.source) if len(per_frame) == 1
+                     else None)
+
+
+def _mean_query_attention(queries: torch.Tensor, keys: torch.Tensor, scale: float, merge: int) -> torch.Tensor:
+    """One temporal frame, queries and keys [L, heads, d]: the softmax over its L / merge units of the mean query
+    against each unit's mean key, float32, mean over heads -> [L / merge]."""
+    query = queries.float().mean(dim=0)  # [heads, d]
+    unit_keys = keys.float().view(-1, merge, *keys.shape[1:]).mean(dim=1)  # [units, heads, d]
+    logits = torch.einsum("hd,uhd->hu", query, unit_keys) * scale
+    return torch.softmax(logits, dim=-1).mean(dim=0)

@@ -196,6 +196,38 @@ def vision_layer_queries_keys(layer: torch.nn.Module, hidden_states: torch.Tenso
     return queries.view(split).transpose(1, 2), keys.view(split).transpose(1, 2), attention.scale
 
 
+def packed_vision_last_attention(visual: torch.nn.Module) -> torch.nn.Module:
+    """The self-attention of the last block of a Qwen-VL vision tower (`blocks[-1].attn`): each block calls it on
+    `norm1(hidden_states)` [seq, D], with `cu_seqlens=` and `position_embeddings=` (cos, sin) keywords."""
+    return visual.blocks[-1].attn
+
+
+def packed_vision_queries_keys(attention: torch.nn.Module, hidden_states: torch.Tensor,
+                               position_embeddings: tuple[torch.Tensor, torch.Tensor]
+                               ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(queries, keys [seq, heads, head_dim] with the vision rotary embedding applied, scale) as a Qwen-VL vision
+    attention forms them: one packed `qkv` projection, then its module's `apply_rotary_pos_emb_vision`."""
+    import sys
+
+    length = hidden_states.shape[0]
+    queries, keys, _ = attention.qkv(hidden_states).reshape(length, 3, attention.num_heads, -1).permute(
+        1, 0, 2, 3).unbind(0)
+    rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
+    queries, keys = rotate(queries, keys, *position_embeddings)
+    return queries, keys, attention.scaling
+
+
+def vision_window_order(visual: torch.nn.Module, grid_thw: torch.Tensor) -> torch.Tensor | None:
+    """Where a Qwen2.5-VL tower's blocks see each merge unit: `window_index` (block order -> raster unit), as the
+    tower computes it with transformers.vision_utils.get_vision_window_index; None for towers without windows."""
+    if not hasattr(visual, "fullatt_block_indexes"):
+        return None
+    from transformers.vision_utils import get_vision_window_index
+
+    return get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                   window_size=visual.window_size, patch_size=visual.patch_size)[0]
+
+
 def load_siglip_pooling_head(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(post_layernorm, head) of the SigLIP checkpoint `name`: a SiglipModel (its vision_config is read) or a
     SiglipVisionModel, with weights under `vision_model.post_layernorm` and `vision_model.head`. ValueError when the

@@ -36,6 +36,9 @@ class Qwen2VL(Family):
     default_alias = "qwen2-vl-2b"
     shape_names = ("qwen2-vl-2b", "qwen2-vl-7b")
 
+    def packed_tower(self, model: nn.Module) -> nn.Module | None:
+        return self.multimodal_model(model).visual
+
     def tokens_per_frame(self, model: nn.Module, video_index: int, num_tokens: int, video: VideoInputs) -> int:
         grids = video.video_grid_thw
         if grids is None or video_index >= len(grids):
