@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import time
 import warnings
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from framefusion.apps.caption.local import (
     software_versions,
 )
 from framefusion.apps.caption.decoder import one_line_error
+from framefusion.apps.caption.ray_address import check_ray_address
 from framefusion.errors import FrameFusionError, InputError, Suggestion
 
 INSTALL_HINT = "pip install 'framefusion[ray]'"
@@ -161,7 +161,7 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
         yield False
         return
     if address is not None:
-        _check_reachable(address)
+        check_ray_address(address)
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     reaper = ProcessReaper.start() if address is None else None
     try:
@@ -182,26 +182,6 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
         ray.shutdown()
         if reaper is not None:
             reaper.stop()
-
-
-# How long a cluster's head may take to accept a connection before the address is called unreachable.
-CONNECT_SECONDS = 5.0
-
-
-def _check_reachable(address: str) -> None:
-    """Refuse a cluster address nothing answers at: ray.init waits minutes for a head that is not there."""
-    if address == "auto":  # Ray finds the running instance itself, and says at once when there is none
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError("is not a Ray address: use auto, host:port (a head's GCS, port 6379) or ray://host:10001",
-                         setting="address", value=address)
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
-    except OSError as error:
-        reason = error.strerror or str(error) or type(error).__name__
-        raise InputError(f"no Ray cluster answers there ({reason}); start one with `ray start --head`, or check the "
-                         "address", setting="address", value=address) from error
 
 
 def _unreadable_videos(folder: str, videos: list[str]) -> list[str]:
