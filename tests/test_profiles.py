@@ -501,6 +501,11 @@ def test_the_published_methods_profiles_give_the_librarys_objects():
     assert [stage["kind"] for stage in profiles["holitom"].stages()] == ["holitom", "inner-merge"]
     assert profiles["earlytom"].reduction_kwargs()["before_llm"] == EarlyTom()
     assert profiles["earlytom"].encoding_stages() == [profiles["earlytom"].before_llm]  # it changes the features
+    # HoliTom reads the tower whatever it keeps: its profiles share one encoding; FastVID reads its own signal.
+    assert (profiles["holitom"].encoding_stages() == profiles["holitom-framefusion"].encoding_stages()
+            == [{"kind": "holitom"}])
+    assert profiles["fastvid"].encoding_stages() == [{"kind": "fastvid", "variant": None}]
+    assert profiles["vidcom2"].encoding_stages() == profiles["baseline"].encoding_stages() == []
 
 
 def test_stage_defaults_are_the_librarys_defaults():

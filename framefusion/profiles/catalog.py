@@ -100,9 +100,15 @@ class Profile:
 
     def encoding_stages(self) -> list[dict]:
         """The stages that change what encoding a video gives: those before and inside the vision encoder, and those
-        that read its signals (HoliTom, FastVID). Part of the feature cache's key; profiles with the same share one
-        encoding."""
-        return [stage for stage in self.stages() if stage["kind"] in ENCODING_STAGE_KINDS]
+        that read its signals (HoliTom, FastVID: only what decides the signal read, not how much they keep). Part of
+        the feature cache's key; profiles with the same share one encoding."""
+        stages = []
+        for stage in self.stages():
+            if stage["kind"] in TOWER_READING_KINDS:
+                stages.append({key: value for key, value in stage.items() if key in TOWER_READING_KINDS[stage["kind"]]})
+            elif stage["kind"] in ("frame-dedup", "earlytom"):
+                stages.append(stage)
+        return stages
 
     def settings(self) -> dict:
         """The method and the settings that apply to it, plus the stages when the profile has any outside the LLM
@@ -119,8 +125,8 @@ class Profile:
         return {"stages": settings["stages"]} if "stages" in settings else settings
 
 
-# Frame dedup and EarlyTom change the features; HoliTom and FastVID read the vision tower's signals while it encodes.
-ENCODING_STAGE_KINDS = ("frame-dedup", "earlytom", "holitom", "fastvid")
+# The stages that read the vision tower's signals while it encodes, and the settings that decide which signal.
+TOWER_READING_KINDS = {"holitom": ("kind",), "fastvid": ("kind", "variant", "pooling_head")}
 
 
 def stage_method(stage: Mapping[str, Any]) -> Any:

@@ -168,8 +168,8 @@ class EarlyTom:
     def resolved(self, family: _FamilyTraits) -> EarlyTom:
         if not family.merges_frames_in_tower:
             raise ValueError(f"EarlyTom merges frames inside a vision tower that encodes them as a batch of images "
-                             f"(LLaVA-OneVision, LLaVA-Video, LLaVA-NeXT-Video, SmolVLM2, InternVL); {family.name}'s tower "
-                             "does not: use holitom, fastvid or vidcom2")
+                             f"(LLaVA-OneVision, LLaVA-Video, LLaVA-NeXT-Video, SmolVLM2, InternVL); {family.name}'s "
+                             "tower does not: use holitom, fastvid or vidcom2")
         return self
 
     def prune_layers(self, depth: int) -> tuple[int, ...]:
