@@ -213,9 +213,9 @@ def test_ask_names_the_signals_and_a_cache_hit_carries_them(tmp_path):
 @pytest.mark.parametrize("profile, signals", [
     ("fastvid", "attention: the vision tower's last block, each frame's mean query over its merge units; "
                 "frame vector: the frame's mean token"),
-    ("holitom", "attention: the frame-mean query over the LLM input (a substitute)"),
+    ("holitom", "attention: the vision tower's last block, attention received by each merge unit"),
 ])
-def test_on_qwen_fastvid_reads_the_last_block_and_holitom_says_it_takes_the_substitute(profile, signals):
+def test_on_qwen_each_method_names_the_last_block_signal_it_read(profile, signals):
     payload = printed_json(run_cli("ask", SAMPLE, "What happens?", "--model", "random:tiny-qwen2-vl", "--frames", "8",
                                    "--max-new-tokens", "2", "--json", "--profile", profile))
     assert payload["settings"]["stages"][0]["signals"] == signals
@@ -258,7 +258,10 @@ def _qwen25_with_windows():
     return tiny_models.qwen2_vl(num_layers=2, version="2.5"), tiny_models.qwen_video_inputs([(2, 8, 8)])
 
 
-def test_fastvids_qwen_signal_is_each_frames_mean_query_over_its_merge_units_in_token_order():
+@pytest.mark.parametrize("received", [False, True], ids=["fastvid-mean-query", "holitom-received"])
+def test_qwen_signals_come_from_the_last_block_in_token_order(received):
+    """FastVID's: each frame's mean query over its merge units' mean keys; HoliTom's: the attention each unit receives
+    (mean over heads, queries and its 4 patches). Both in the merged tokens' raster order, not the blocks' windows."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     from framefusion.runtime.tower_signals import PackedTowerSignalCapture
@@ -270,7 +273,7 @@ def test_fastvids_qwen_signal_is_each_frames_mean_query_over_its_merge_units_in_
                  lambda module, args, kwargs: seen.update(hidden=args[0], rotary=kwargs["position_embeddings"]),
                  with_kwargs=True),
              visual.merger.register_forward_hook(lambda module, args, output: seen.update(merged=output))]
-    with torch.no_grad(), PackedTowerSignalCapture(visual) as capture:
+    with torch.no_grad(), PackedTowerSignalCapture(visual, received=received) as capture:
         output = visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"])
     for hook in hooks:
         hook.remove()
@@ -279,11 +282,16 @@ def test_fastvids_qwen_signal_is_each_frames_mean_query_over_its_merge_units_in_
         queries, keys, _ = attention.qkv(seen["hidden"]).view(128, 3, heads, -1).unbind(1)
         queries, keys = apply_rotary_pos_emb_vision(queries, keys, *seen["rotary"])
     by_frame = []
+    scale = 1 / math.sqrt(queries.shape[-1])
     for frame in range(2):  # 64 patches a temporal frame, 16 units of 4
-        query = queries[frame * 64:(frame + 1) * 64].mean(dim=0)
-        unit_keys = keys[frame * 64:(frame + 1) * 64].view(16, 4, heads, -1).mean(dim=1)
-        logits = torch.einsum("hd,uhd->hu", query, unit_keys) / math.sqrt(query.shape[-1])
-        by_frame.append(torch.softmax(logits, dim=-1).mean(dim=0))
+        frame_queries, frame_keys = queries[frame * 64:(frame + 1) * 64], keys[frame * 64:(frame + 1) * 64]
+        if received:
+            weights = torch.softmax(torch.einsum("qhd,khd->hqk", frame_queries, frame_keys) * scale, dim=-1)
+            by_frame.append(weights.mean(dim=(0, 1)).view(16, 4).mean(dim=1))
+        else:
+            unit_keys = frame_keys.view(16, 4, heads, -1).mean(dim=1)
+            logits = torch.einsum("hd,uhd->hu", frame_queries.mean(dim=0), unit_keys) * scale
+            by_frame.append(torch.softmax(logits, dim=-1).mean(dim=0))
     in_block_order = torch.cat(by_frame)
     # The merged tokens' order, read off the tower's own output: its rows are the merger's, permuted back from windows.
     raster = torch.cdist(output.pooler_output, seen["merged"]).argmin(dim=1)

@@ -290,11 +290,12 @@ def run_bench(qa: VideoQA, clip: VideoClip, profiles: Sequence[Profile], *, repe
     check_bench_arguments([p.name for p in profiles], repeat, warmup, max_new_tokens)
     note = on_progress or (lambda message: None)
     def encoded(prepared: dict[str, PreparedVideo], profile: Profile, stage: str) -> PreparedVideo:
-        # Profiles with the same stages before the vision encoder share one encoding per round.
+        # Profiles with the same encoding stages share one encoding per round.
         stages = profile.encoding_stages()
         setting = json.dumps(stages, sort_keys=True)
         if setting not in prepared:
-            described = ", ".join(" ".join(str(value) for value in item.values()) for item in stages)
+            described = ", ".join(" ".join(str(value) for value in item.values() if value is not None)
+                                  for item in stages)
             note(f"{stage}: vision encoder" + (f" ({described})" if described else ""))
             prepared[setting] = qa.prepare_video(clip, decode_seconds, profile=profile)
         return prepared[setting]

@@ -17,7 +17,7 @@ from framefusion.api import framefusion_handle
 from framefusion.errors import InputError, ProfileError
 from framefusion.profiles.catalog import stage_method
 from framefusion.runtime.before_llm import tower_capture
-from framefusion.runtime.tower_signals import TowerSignalCapture, TowerSignals
+from framefusion.runtime.tower_signals import PackedTowerSignalCapture, TowerSignalCapture, TowerSignals
 from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan, encoding_with
 
 if TYPE_CHECKING:
@@ -63,7 +63,8 @@ def encode_video(qa: VideoQA, clip: VideoClip, video_inputs: dict[str, torch.Ten
     return modality, features, plan, signals
 
 
-def _signal_capture(qa: VideoQA, stage: dict[str, Any] | None) -> TowerSignalCapture | None:
+def _signal_capture(qa: VideoQA, stage: dict[str, Any] | None
+                    ) -> TowerSignalCapture | PackedTowerSignalCapture | None:
     """The capture of the tower's signals a HoliTom or FastVID stage reads, where the family's tower gives them."""
     if stage is None or qa.adapter is None:
         return None
@@ -74,12 +75,11 @@ def _signal_capture(qa: VideoQA, stage: dict[str, Any] | None) -> TowerSignalCap
 
 
 def _signals_of_every_frame(signals: TowerSignals, plan: Any) -> TowerSignals:
-    """Frame dedup encoded only some units: each frame takes the signals of the unit whose features it reuses."""
+    """Frame dedup encoded only some units: each unit takes the signals of the unit whose features it reuses."""
     encoded = plan.encoded
-    unit_rows = signals.attention.shape[0] // len(encoded)  # frames a unit gave the tower
+    unit_rows = signals.attention.shape[0] // len(encoded)  # rows a unit gave: its frames, or 1 (a temporal patch)
     rows = torch.tensor([encoded.index(source) * unit_rows + offset
                          for source in plan.sources for offset in range(unit_rows)], device=signals.attention.device)
-    rows = rows[:plan.num_frames]
     vectors = None if signals.frame_vectors is None else signals.frame_vectors[rows]
     return TowerSignals(signals.attention[rows], vectors, signals.source)
 
@@ -100,6 +100,6 @@ def _encode_merging_frames(qa: VideoQA, video_inputs: dict[str, torch.Tensor], s
     return modality, features, None, merging.plan
 
 
-def _installed_capture(qa: VideoQA) -> FrameMergingTower | TowerSignalCapture | None:
+def _installed_capture(qa: VideoQA) -> FrameMergingTower | TowerSignalCapture | PackedTowerSignalCapture | None:
     handle = framefusion_handle(qa.model)
     return handle.runtime.tower_capture if handle is not None else None

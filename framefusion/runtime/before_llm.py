@@ -189,9 +189,9 @@ METHODS: dict[str, type] = {method.kind: method for method in (EVS, VidCom2, Fas
 def tower_capture(method: BeforeLLM | None, family: Any, model: nn.Module
                   ) -> FrameMergingTower | TowerSignalCapture | PackedTowerSignalCapture | None:
     """What `method` (resolved) runs in the vision tower of `model` (of `family`), not yet installed: EarlyTom's frame
-    merging; HoliTom's and FastVID's signal capture where the tower encodes frames as a batch, FastVID's where it
-    packs them (Qwen-VL; HoliTom there, and both elsewhere, take the substitutes); None for the other methods.
-    ValueError when EarlyTom or a pooling head cannot run."""
+    merging; HoliTom's and FastVID's signal capture where the tower encodes frames as a batch or packs them (Qwen-VL;
+    elsewhere they take the substitutes); None for the other methods. ValueError when EarlyTom or a pooling head cannot
+    run."""
     if not isinstance(method, (EarlyTom, HoliTom, FastVID)):
         return None
     parts = family.batch_tower(model)
@@ -202,7 +202,7 @@ def tower_capture(method: BeforeLLM | None, family: Any, model: nn.Module
         return FrameMergingTower(parts, method)
     if parts is None:
         packed = family.packed_tower(model)
-        return PackedTowerSignalCapture(packed) if packed is not None and isinstance(method, FastVID) else None
+        return None if packed is None else PackedTowerSignalCapture(packed, received=isinstance(method, HoliTom))
     head = None
     if isinstance(method, FastVID) and method.pooling_head is not None:
         weight = next(parts.tower.parameters())

@@ -32,7 +32,7 @@ from framefusion.runtime.clock import Stopwatch
 from framefusion.runtime.layers import PreNormLayers
 from framefusion.runtime.before_llm import tower_capture
 from framefusion.runtime.reduction import FrameFusionSettings, FrameFusionStats, PrefillReduction
-from framefusion.runtime.tower_signals import TowerSignalCapture, TowerSignals
+from framefusion.runtime.tower_signals import PackedTowerSignalCapture, TowerSignalCapture, TowerSignals
 from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan
 from framefusion.runtime.video_inputs import VideoInputs
 
@@ -129,9 +129,9 @@ class FrameFusionRuntime:
         self.inner_merge_rater: int | None = None
         # What runs in the vision tower for the stage before the LLM: EarlyTom's frame merging
         # (runtime/vision_merge.py) or the capture of HoliTom's and FastVID's signals (runtime/tower_signals.py), where
-        # the family's tower encodes frames as a batch; and what the tower gave, passed for the next prefill when its
-        # features were encoded beforehand (use_vision_plan).
-        self.tower_capture: FrameMergingTower | TowerSignalCapture | None = None
+        # the family's tower gives them; and what the tower gave, passed for the next prefill when its features were
+        # encoded beforehand (use_vision_plan).
+        self.tower_capture: FrameMergingTower | TowerSignalCapture | PackedTowerSignalCapture | None = None
         self._given_vision_plan: VisionPlan | TowerSignals | None = None
         self._last_video_grid: torch.Tensor | None = None
         self._hook_handles: list[Any] = []

@@ -150,14 +150,19 @@ class TowerSignalCapture:
 
 
 class PackedTowerSignalCapture:
-    """FastVID's Qwen-VL signal, captured on each encoding of a tower that packs the frames into one sequence
-    (`install` / `remove`, or as a context manager); `plan` is the last encoding's TowerSignals, None when its videos'
-    frames differ in size (no [frames, S] table holds them: the stage takes the substitute)."""
+    """The last block's attention of a tower that packs the frames into one sequence (Qwen-VL), captured on each
+    encoding (`install` / `remove`, or as a context manager); `plan` is the last encoding's TowerSignals, None when its
+    videos' frames differ in size (no [frames, S] table holds them: the stage takes the substitute).
 
-    source = "the vision tower's last block, each frame's mean query over its merge units"
+    received False: FastVID's official Qwen2.5-VL signal, each frame's mean query over its merge units' mean keys.
+    received True: HoliTom's LLaVA signal carried over (it has no Qwen path): the attention each merge unit receives,
+    mean over heads, the frame's queries and the unit's patches."""
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: nn.Module, received: bool = False):
         self.visual = visual
+        self.received = received
+        self.source = ("the vision tower's last block, attention received by each merge unit" if received
+                       else "the vision tower's last block, each frame's mean query over its merge units")
         self.attention = compat.packed_vision_last_attention(visual)
         self.plan: TowerSignals | None = None
         self.active = True
@@ -191,7 +196,8 @@ class PackedTowerSignalCapture:
         merge = self.visual.spatial_merge_size ** 2
         grid = self._grid.tolist()
         frame_lengths = [height * width for frames, height, width in grid for _ in range(frames)]
-        scores = torch.cat([_mean_query_attention(frame_queries, frame_keys, scale, merge) for frame_queries, frame_keys
+        rate = _attention_received if self.received else _mean_query_attention
+        scores = torch.cat([rate(frame_queries, frame_keys, scale, merge) for frame_queries, frame_keys
                             in zip(queries.split(frame_lengths), keys.split(frame_lengths), strict=True)])
         order = compat.vision_window_order(self.visual, self._grid)
         if order is not None:  # the blocks see the units in window order; the merged tokens come back in raster order
@@ -208,3 +214,18 @@ def _mean_query_attention(queries: torch.Tensor, keys: torch.Tensor, scale: floa
     unit_keys = keys.float().view(-1, merge, *keys.shape[1:]).mean(dim=1)  # [units, heads, d]
     logits = torch.einsum("hd,uhd->hu", query, unit_keys) * scale
     return torch.softmax(logits, dim=-1).mean(dim=0)
+
+
+# Queries whose attention rows are formed at once when rating the merge units: bounds the [heads, queries, L] block.
+QUERIES_AT_ONCE = 256
+
+
+def _attention_received(queries: torch.Tensor, keys: torch.Tensor, scale: float, merge: int) -> torch.Tensor:
+    """One temporal frame, queries and keys [L, heads, d]: the attention each patch receives, mean over heads and
+    queries (float32 softmax), then each merge unit's mean over its patches -> [L / merge]."""
+    keys_by_head = keys.float().transpose(0, 1)  # [heads, L, d]
+    received = torch.zeros(keys.shape[0], device=keys.device)
+    for chunk in queries.float().split(QUERIES_AT_ONCE):
+        weights = torch.softmax(chunk.transpose(0, 1) @ keys_by_head.transpose(1, 2) * scale, dim=-1)
+        received += weights.sum(dim=1).mean(dim=0)
+    return (received / queries.shape[0]).view(-1, merge).mean(dim=1)

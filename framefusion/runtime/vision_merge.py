@@ -205,9 +205,9 @@ def _padded(output: Any, frames: int) -> Any:
 
 @contextlib.contextmanager
 def encoding_with(parts: TowerParts | None, settings: Any | None,
-                  installed: FrameMergingTower | None) -> Iterator[FrameMergingTower | None]:
-    """Encode under `settings` (a resolved EarlyTom, or None: the tower as published), whatever is installed: a
-    merger the runtime installed (`installed`) is set aside for the block."""
+                  installed: Any | None) -> Iterator[FrameMergingTower | None]:
+    """Encode under `settings` (a resolved EarlyTom, or None: the tower as published), whatever is installed: what
+    the runtime installed in the tower (`installed`: a frame merging or a signal capture) is set aside for the block."""
     was_active = installed.active if installed is not None else False
     if installed is not None:
         installed.active = False
