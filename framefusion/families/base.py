@@ -199,8 +199,8 @@ class Family:
         return None
 
     def packed_tower(self, model: nn.Module) -> nn.Module | None:
-        """The vision tower, where it packs a video's frames into one sequence of blocks (Qwen-VL): FastVID reads its
-        last block's attention there. Else None."""
+        """The vision tower, where it packs a video's frames into one sequence of blocks (Qwen-VL): FastVID and HoliTom
+        read its last block's attention there. Else None."""
         return None
 
     # --- rotary positions ---------------------------------------------------------------------------------------

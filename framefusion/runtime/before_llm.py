@@ -7,12 +7,12 @@ merged token at the position of the token it kept. The settings are small frozen
 `apply_framefusion(before_llm=...)` takes; `resolved(family)` fills what depends on the model family.
 
 Two signals of the official code come from inside the vision tower, which transformers does not expose: the
-per-token attention (FastVID, HoliTom) and FastVID's per-frame vector. Towers that encode the frames as a batch of
-images give them (runtime/tower_signals.py: the last layer's attention, or SigLIP's pooling head when the user names
-one).
-Elsewhere the attention is that of one query per frame, the frame's mean token, over the frame's tokens as the LLM
-receives them (the form of FastVID's Qwen2.5-VL signal and of SigLIP's pooling-head probe), and the per-frame vector
-is the frame's mean token (FastVID's Qwen choice and its documented fallback for LLaVA). docs/methods.md lists them.
+per-token attention (FastVID, HoliTom) and FastVID's per-frame vector. The vision tower gives them where the family
+says how to read it (runtime/tower_signals.py: the last layer's attention, SigLIP's pooling head when the user names
+one, or a Qwen-VL tower's last block). Elsewhere the attention is that of one query per frame, the frame's mean
+token, over the frame's tokens as the LLM receives them (the form of FastVID's Qwen2.5-VL signal and of SigLIP's
+pooling-head probe), and the per-frame vector is the frame's mean token (FastVID's Qwen choice and its documented
+fallback for LLaVA). docs/methods.md lists them.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def tower_capture(method: BeforeLLM | None, family: Any, model: nn.Module
     if isinstance(method, FastVID) and method.pooling_head is not None:
         weight = next(parts.tower.parameters())
         head = load_pooling_head(method.pooling_head, weight.dtype, str(weight.device))
-        width = parts.layers[-1].self_attn.q_proj.in_features
+        width = parts.tower.config.hidden_size
         if head.width != width:
             raise ValueError(f"the SigLIP pooling head of {method.pooling_head} is {head.width} wide, this model's "
                              f"vision tower {width}: name the SigLIP checkpoint the tower comes from")

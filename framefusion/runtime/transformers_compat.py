@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -207,8 +208,6 @@ def packed_vision_queries_keys(attention: torch.nn.Module, hidden_states: torch.
                                ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(queries, keys [seq, heads, head_dim] with the vision rotary embedding applied, scale) as a Qwen-VL vision
     attention forms them: one packed `qkv` projection, then its module's `apply_rotary_pos_emb_vision`."""
-    import sys
-
     length = hidden_states.shape[0]
     queries, keys, _ = attention.qkv(hidden_states).reshape(length, 3, attention.num_heads, -1).permute(
         1, 0, 2, 3).unbind(0)
