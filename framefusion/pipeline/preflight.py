@@ -143,21 +143,36 @@ def check_run(settings: RunSettings, videos: Sequence[str | Path] = (), *, extra
 
 def check_profile_fits(family_name: str | None, profile: Profile) -> None:
     """Refuse, before loading, a profile whose stage the family called `family_name` cannot run (FastVID where it was
-    not measured); None or an unknown name: checked once the model is loaded."""
+    not measured; None or an unknown name: checked once the model is loaded), or whose FastVID pooling head cannot
+    load."""
     from framefusion.families import family_named
 
     kwargs = profile.reduction_kwargs() or {}
-    pooling_head = getattr(kwargs.get("before_llm"), "pooling_head", None)
-    if pooling_head is not None and pooling_head.startswith(("/", "./", "../")) and not Path(pooling_head).is_dir():
-        raise InputError("FastVID's pooling_head names no folder: give a SigLIP checkpoint's folder or hub id",
-                         setting="profile", value=profile.name)
     family = family_named(family_name)
-    if family is None or kwargs.get("before_llm") is None:
+    if family is not None and kwargs.get("before_llm") is not None:
+        try:
+            kwargs["before_llm"].resolved(family)
+        except ValueError as error:
+            raise InputError(str(error), setting="profile", value=profile.name) from error
+    _check_pooling_head(getattr(kwargs.get("before_llm"), "pooling_head", None), profile.name)
+
+
+def _check_pooling_head(name: str | None, profile: str) -> None:
+    """A FastVID pooling head that cannot load is refused before the model: a path to no folder, or a hub id that is
+    not in the local cache while HF_HUB_OFFLINE is set."""
+    if name is None or Path(name).expanduser().is_dir():
         return
-    try:
-        kwargs["before_llm"].resolved(family)
-    except ValueError as error:
-        raise InputError(str(error), setting="profile", value=profile.name) from error
+    if name.startswith(("/", "./", "../", "~")):
+        raise InputError("FastVID's pooling_head names no folder: give a SigLIP checkpoint's folder or hub id",
+                         setting="profile", value=profile)
+    from huggingface_hub import try_to_load_from_cache
+
+    from framefusion.model_zoo.hub import hub_offline
+
+    if hub_offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise InputError(f"FastVID's pooling_head {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                         "set: download it where the hub is reachable (`hf download`), or name its folder",
+                         setting="profile", value=profile)
 
 
 def open_run(checked: CheckedRun) -> Any:

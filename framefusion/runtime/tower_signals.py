@@ -19,6 +19,7 @@ family gets.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ def load_pooling_head(name: str, dtype: torch.dtype, device: str) -> PoolingHead
     """The attention-pooling head of the SigLIP checkpoint `name` (a hub id or a local folder; a SigLIP model or its
     vision model), on `device` in `dtype`. Only the head and post_layernorm are kept. ValueError when it cannot."""
     try:
-        post_layernorm, head = compat.load_siglip_pooling_head(name)
+        post_layernorm, head = compat.load_siglip_pooling_head(os.path.expanduser(name))
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"cannot load a SigLIP pooling head from {name!r}: {_first_line(error)}") from error
     return PoolingHead(name, post_layernorm.to(device=device, dtype=dtype), head.to(device=device, dtype=dtype))
