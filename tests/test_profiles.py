@@ -87,6 +87,15 @@ def test_builtins_have_the_documented_settings():
     assert profiles["prune-only"].settings() == {"method": "prune-only", "cost": 0.3, "dense_layers": 2}
 
 
+def test_every_builtin_profile_and_stage_kind_has_a_row_in_the_profiles_doc():
+    from framefusion.profiles.stages import STAGE_KINDS
+
+    rows = [line for line in (Path(__file__).parent.parent / "docs" / "profiles.md").read_text().splitlines()
+            if line.startswith("| `")]
+    named = {line.split("`")[1] for line in rows}
+    assert set(load_profiles()) <= named and set(STAGE_KINDS) <= named
+
+
 def test_builtin_yaml_ships_as_package_data():
     import importlib.resources
 
