@@ -255,3 +255,35 @@ def test_the_layers_after_a_merge_are_counted_on_the_merged_frames_and_bound_the
     merged = TokenReport(frames=6, visual=0, prompt=0, final=0, cost=1.0, requested_cost=1.0, per_layer=[], stages=[],
                          frames_per_tower_layer=plan.mean_layer_frames)
     assert frame_limit(baseline, merged) == pytest.approx(12 / (6 + plan.frames))
+
+
+def _tiny_onevision_prompt(processor, *, image=None, video=None):
+    content = ([{"type": "image"}] if image is not None else []) + ([{"type": "video"}] if video is not None else [])
+    messages = [{"role": "user", "content": content + [{"type": "text", "text": "What is it?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    media = {"images": [image]} if image is not None else {}
+    if video is not None:
+        media["videos"] = [video]
+    return processor(text=[prompt], **media, return_tensors="pt")
+
+
+def test_images_are_encoded_as_published_and_a_prompt_with_both_is_refused():
+    """EarlyTom merges whatever batch the tower encodes: an image's tiles must not be merged as frames."""
+    import numpy as np
+
+    from framefusion.model_zoo.loading import load_model
+
+    loaded = load_model("random:tiny-llava-onevision", device="cpu", dtype=torch.float32)
+    model, processor = loaded.model, loaded.processor
+    generator = np.random.default_rng(0)
+    image = (generator.random((448, 448, 3)) * 255).astype(np.uint8)
+    video = (generator.random((4, 112, 112, 3)) * 255).astype(np.uint8)
+    inputs = _tiny_onevision_prompt(processor, image=image)
+    assert inputs["pixel_values"].shape[1] > 2  # tiles enough to be merged as frames
+    with torch.no_grad():
+        published = model(**inputs).logits
+        apply_framefusion(model, merge=False, prune=False, before_llm=EarlyTom(tau=-1.0, max_window=6))
+        assert torch.equal(model(**inputs).logits, published)
+        with pytest.raises(ValueError, match="EarlyTom would merge the prompt's images as video frames"):
+            model(**_tiny_onevision_prompt(processor, image=image, video=video))
+    remove_framefusion(model)

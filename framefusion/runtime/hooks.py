@@ -248,6 +248,8 @@ class FrameFusionRuntime:
             tokens_per_layer=[input_ids.shape[1]] * self.num_layers,
             kept_positions=list(range(input_ids.shape[1])),
         )
+        if isinstance(self.tower_capture, FrameMergingTower):
+            self._merge_frames_of_videos_only(kwargs, has_video=any(layout is not None for layout in layouts))
         if all(layout is None for layout in layouts):
             return  # text or images only: untouched
         if input_ids.shape[0] > 1:
@@ -261,6 +263,15 @@ class FrameFusionRuntime:
         self._prefill = PrefillReduction(self.settings, layouts[0], self.num_layers, self.measure_overhead,
                                          track_merged_rows=self.track_merged_rows,
                                          steps_end=self.anatomy.steps_end(self.layers))
+
+    def _merge_frames_of_videos_only(self, kwargs: dict, has_video: bool) -> None:
+        """EarlyTom merges whatever batch its tower encodes: it runs for a prompt with a video, not for one without
+        (images alone are encoded as published); a prompt with images beside its video is refused where the two come
+        in separate inputs, since the images would be merged as frames."""
+        self.tower_capture.active = has_video
+        if has_video and self.family.video_modality == "video" and kwargs.get("pixel_values") is not None:
+            raise ValueError("EarlyTom would merge the prompt's images as video frames: ask about the images and the "
+                             "video in separate prompts")
 
     def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self._prefill is not None:
