@@ -226,6 +226,7 @@ def test_on_qwen_each_method_names_the_last_block_signal_it_read(profile, signal
     ("random:tiny-llava-onevision", "./no-such-siglip", ["pooling_head names no folder"]),
     ("random:tiny-llava-onevision", "google/siglip-so400m-patch14-384",  # the tests run with HF_HUB_OFFLINE=1
      ["pooling_head google/siglip-so400m-patch14-384 is not in the local Hugging Face cache"]),
+    ("random:tiny-llava-onevision", "no such/siglip/head", ["pooling_head is neither a folder nor a hub id"]),
 ])
 def test_a_pooling_head_that_cannot_apply_is_refused_before_loading(tmp_path, model, head, words):
     profiles = _profiles_file(tmp_path, {"kind": "fastvid", "pooling_head": head})

@@ -166,9 +166,15 @@ def _check_pooling_head(name: str | None, profile: str) -> None:
         raise InputError("FastVID's pooling_head names no folder: give a SigLIP checkpoint's folder or hub id",
                          setting="profile", value=profile)
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import validate_repo_id
 
     from framefusion.model_zoo.hub import hub_offline
 
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        raise InputError("FastVID's pooling_head is neither a folder nor a hub id: give a SigLIP checkpoint's folder "
+                         "or hub id", setting="profile", value=profile) from None
     if hub_offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
         raise InputError(f"FastVID's pooling_head {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
                          "set: download it where the hub is reachable (`hf download`), or name its folder",
