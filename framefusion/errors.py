@@ -121,3 +121,9 @@ def _rebuild(error_type: type, problem: str, setting: str | None, value: Any,
     error = error_type.__new__(error_type)
     FrameFusionError.__init__(error, problem, setting=setting, value=value, suggestions=suggestions)
     return error
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line: its first line, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

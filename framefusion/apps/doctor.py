@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from framefusion.errors import first_line
+
 # Distributions that change what framefusion can do or how fast, besides torch and transformers.
 OPTIONAL_PACKAGES = ("torchvision", "huggingface_hub", "accelerate", "flash_attn", "decord", "av")
 
@@ -165,7 +167,7 @@ def hub_kernels_support() -> HubKernels:
     except Exception as error:  # noqa: BLE001 - a broken transformers is what the versions above already show
         return HubKernels(kernelizes_by_default=False, environment=os.environ.get(compat.HUB_KERNELS_ENVIRONMENT),
                           kernels=installed_version("kernels"), kernels_usable=False, used_by_default=False,
-                          unavailable=_first_line(error))
+                          unavailable=first_line(error))
 
 
 def gather_devices() -> Devices:
@@ -185,7 +187,7 @@ def gather_devices() -> Devices:
         devices.mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
         devices.gpus = [_gpu(index) for index in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     except Exception as error:  # noqa: BLE001 - a broken torch or driver is exactly what this report must show
-        devices.problem = _first_line(error)
+        devices.problem = first_line(error)
     return devices
 
 
@@ -247,8 +249,3 @@ def cache_folders() -> Caches:
     from framefusion.model_zoo.loading import framefusion_cache_dir
 
     return Caches(huggingface=str(constants.HF_HUB_CACHE), framefusion=str(framefusion_cache_dir()))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from framefusion.errors import first_line
+
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 PROBE_TIMEOUT_SECONDS = 2.0
 # A load probes twice (the memory estimate's small files, then the model); one answer serves both.
@@ -110,7 +112,7 @@ def probe_hub(endpoint: str | None = None, *, timeout: float = PROBE_TIMEOUT_SEC
         try:
             outcome["status"] = get_session().head(endpoint, timeout=timeout).status_code
         except Exception as error:  # noqa: BLE001 - whatever the client raises, the hub did not answer
-            outcome["error"] = _first_line(error)
+            outcome["error"] = first_line(error)
 
     # A thread bounds the whole probe: the client's timeout does not cover a hanging DNS lookup.
     worker = threading.Thread(target=send, name="framefusion-hub-probe", daemon=True)
@@ -151,8 +153,3 @@ def hub_access(*, timeout: float = PROBE_TIMEOUT_SECONDS) -> Iterator[HubStatus]
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = saved_environment
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from framefusion.runtime import transformers_compat as compat
-from framefusion.errors import InputError, ModelLoadError
+from framefusion.errors import InputError, ModelLoadError, first_line
 from framefusion.model_zoo.building import DEFAULT_TINY_LAYERS, build_tiny_checkpoint
 from framefusion.model_zoo.hub import HubStatus, hub_access, hub_offline
 from framefusion.model_zoo.shapes import build_random_model
@@ -111,7 +111,7 @@ def _kernelize(model: PreTrainedModel, device: str) -> None:
     try:
         compat.kernelize(model)
     except Exception as error:
-        raise InputError(f"hub kernels could not be applied on {device} ({_first_line(error)}): run without them",
+        raise InputError(f"hub kernels could not be applied on {device} ({first_line(error)}): run without them",
                          setting="hub_kernels") from error
 
 
@@ -120,7 +120,7 @@ def _built_tiny_checkpoint(family: str) -> str:
         return ensure_tiny_checkpoint(family)
     except OSError as error:
         raise ModelLoadError(
-            f"could not write the tiny {family} checkpoint under {framefusion_cache_dir()} ({_first_line(error)}): "
+            f"could not write the tiny {family} checkpoint under {framefusion_cache_dir()} ({first_line(error)}): "
             "set FRAMEFUSION_CACHE to a writable folder"
         ) from error
 
@@ -218,13 +218,13 @@ def explain_load_failure(
             else:
                 where = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
             return f"{name} is not in the local Hugging Face cache and {where}: {OFFLINE_HINT}"
-        return f"{name} is missing model files: {_first_line(error)}"
+        return f"{name} is missing model files: {first_line(error)}"
     if isinstance(error, (ValueError, KeyError)) and "Unrecognized" in str(error):
         return (
             f"{name} is not an image/video-text model that transformers {_installed_version('transformers')} "
             "can load: upgrade transformers, or pass trust_remote_code if the model ships its own code"
         )
-    return f"could not load {name}: {_first_line(error)}"
+    return f"could not load {name}: {first_line(error)}"
 
 
 def _cause_chain(error: BaseException) -> list[BaseException]:
@@ -236,10 +236,6 @@ def _cause_chain(error: BaseException) -> list[BaseException]:
         current = current.__cause__ or current.__context__
     return chain
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _installed_version(distribution: str) -> str:

@@ -27,6 +27,8 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from framefusion.errors import first_line
+
 ENTRY_SUFFIX = ".safetensors"
 DEFAULT_MAX_BYTES = 4 * 10**9
 # Bytes hashed at each end of a video file: enough to tell edited files apart at once, cheap on any size.
@@ -122,7 +124,8 @@ class FeatureCache:
                 details=json.loads(metadata.get("details", "{}")),
             )
         except Exception as error:  # noqa: BLE001 - any unreadable entry is a miss, never a crash or a wrong answer
-            self._warn("read", f"framefusion: ignoring a damaged feature-cache entry {path.name} ({_first_line(error)})")
+            self._warn("read", f"framefusion: ignoring a damaged feature-cache entry {path.name} "
+                               f"({first_line(error)[:160]})")
             path.unlink(missing_ok=True)
             return None
         os.utime(path)  # least recently used goes first
@@ -281,7 +284,3 @@ def _mapping_class(qualified_name: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, ModelOutput)):
         raise ValueError(f"unexpected output type {qualified_name!r}")
     return cls
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from framefusion.errors import first_line
 from framefusion.runtime import transformers_compat as compat
 from framefusion.runtime.vision_merge import TowerParts, attention_received
 
@@ -90,12 +91,9 @@ def load_pooling_head(name: str, dtype: torch.dtype, device: str) -> PoolingHead
     try:
         post_layernorm, head = compat.load_siglip_pooling_head(os.path.expanduser(name))
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"cannot load a SigLIP pooling head from {name!r}: {_first_line(error)}") from error
+        raise ValueError(f"cannot load a SigLIP pooling head from {name!r}: {first_line(error)}") from error
     return PoolingHead(name, post_layernorm.to(device=device, dtype=dtype), head.to(device=device, dtype=dtype))
 
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class TowerSignalCapture:
