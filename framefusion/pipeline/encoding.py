@@ -9,13 +9,14 @@ benchmark prepares for each profile in turn): what the applied profile installed
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from framefusion.api import framefusion_handle
 from framefusion.errors import InputError, ProfileError
-from framefusion.profiles.catalog import stage_method
+from framefusion.profiles.catalog import TOWER_READING_KINDS, stage_method
 from framefusion.runtime.before_llm import tower_capture
 from framefusion.runtime.tower_signals import PackedTowerSignalCapture, TowerSignalCapture, TowerSignals
 from framefusion.runtime.vision_merge import FrameMergingTower, VisionPlan, encoding_with
@@ -36,7 +37,7 @@ def encode_video(qa: VideoQA, clip: VideoClip, video_inputs: dict[str, torch.Ten
     for stage in stages:
         if stage["kind"] == "earlytom":
             return _encode_merging_frames(qa, video_inputs, stage)
-        if stage["kind"] in ("holitom", "fastvid"):
+        if stage["kind"] in TOWER_READING_KINDS:
             reading = stage
         elif stage["kind"] != "frame-dedup":
             raise ProfileError(f"no stage {stage['kind']!r} runs in the vision encoder", setting="profile")
@@ -44,19 +45,13 @@ def encode_video(qa: VideoQA, clip: VideoClip, video_inputs: dict[str, torch.Ten
             settings = {key: value for key, value in stage.items() if key != "kind"}
             plan = plan_frame_dedup(clip.frames, unit_frames=qa.adapter.frame_multiple, **settings)
     capture = _signal_capture(qa, reading)
-    with encoding_with(None, None, _installed_capture(qa)):
-        if capture is not None:
-            capture.install()
-        try:
-            if plan is None:
-                modality, features = qa.video_encoding.encode_video(qa.model, video_inputs)
-            elif plan.encodes_every_unit:
-                modality, features = qa.adapter.encode_video(qa.model, video_inputs)
-            else:
-                modality, features = qa.adapter.encode_frames(qa.model, video_inputs, plan.encoded, plan.sources)
-        finally:
-            if capture is not None:
-                capture.remove()
+    with encoding_with(None, None, _installed_capture(qa)), capture or contextlib.nullcontext():
+        if plan is None:
+            modality, features = qa.video_encoding.encode_video(qa.model, video_inputs)
+        elif plan.encodes_every_unit:
+            modality, features = qa.adapter.encode_video(qa.model, video_inputs)
+        else:
+            modality, features = qa.adapter.encode_frames(qa.model, video_inputs, plan.encoded, plan.sources)
     signals = capture.plan if capture is not None else None
     if signals is not None and plan is not None and not plan.encodes_every_unit:
         signals = _signals_of_every_frame(signals, plan)

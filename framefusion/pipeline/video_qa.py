@@ -26,7 +26,7 @@ from framefusion.api import apply_framefusion, framefusion_handle, remove_framef
 from framefusion.runtime.clock import ForwardClock, Stopwatch
 from framefusion.errors import InputError, ProfileError, Suggestion
 from framefusion.model_zoo.memory import reporting_out_of_memory
-from framefusion.profiles.catalog import Profile
+from framefusion.profiles.catalog import TOWER_READING_KINDS, Profile
 from framefusion.runtime.reduction import FrameFusionStats
 from framefusion.runtime.before_llm import signals_used
 from framefusion.runtime.vision_merge import VisionPlan
@@ -325,7 +325,7 @@ def _fill_applied(stage: dict[str, Any], settings: Any, vision_plan: Any) -> Non
             if value is None and hasattr(applied, key):
                 filled = getattr(applied, key)
                 stage[key] = list(filled) if isinstance(filled, tuple) else filled
-    if stage["kind"] in ("holitom", "fastvid"):
+    if stage["kind"] in TOWER_READING_KINDS:
         stage["signals"] = signals_used(stage["kind"], vision_plan)
 
 
