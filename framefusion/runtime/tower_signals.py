@@ -29,7 +29,7 @@ from torch import nn
 
 from framefusion.errors import first_line
 from framefusion.runtime import transformers_compat as compat
-from framefusion.runtime.vision_merge import TowerParts, attention_received
+from framefusion.runtime.vision_merge import ReplacedForwards, TowerParts, attention_received
 
 
 @dataclass
@@ -96,18 +96,18 @@ def load_pooling_head(name: str, dtype: torch.dtype, device: str) -> PoolingHead
 
 
 
-class TowerSignalCapture:
+class TowerSignalCapture(ReplacedForwards):
     """Captures `TowerSignals` on each encoding of the tower (`install` / `remove`, or as a context manager); `plan` is
     the last encoding's. pooling_head: read SigLIP's head on the last layer's output; None: the last layer's attention.
     """
 
     def __init__(self, parts: TowerParts, pooling_head: PoolingHead | None = None):
+        super().__init__()
         self.parts = parts
         self.pooling_head = pooling_head
         self.plan: TowerSignals | None = None
         self.active = True  # False: the tower runs untouched (another profile's encoding)
         self._layer = parts.layers[-1]
-        self._previous: Any = None
 
     @property
     def source(self) -> str:
@@ -117,21 +117,7 @@ class TowerSignalCapture:
         return f"the vision tower's, layer {len(self.parts.layers)} of {depth} (the features' layer)"
 
     def install(self) -> None:
-        self._previous = self._layer.__dict__.get("forward")
-        self._layer.forward = self._layer_forward(self._layer.forward)
-
-    def remove(self) -> None:
-        if self._previous is None:
-            self._layer.__dict__.pop("forward", None)
-        else:
-            self._layer.forward = self._previous
-
-    def __enter__(self) -> TowerSignalCapture:
-        self.install()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.remove()
+        self._replace(self._layer, self._layer_forward(self._layer.forward))
 
     def _layer_forward(self, original: Callable) -> Callable:
         def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:

@@ -71,12 +71,44 @@ class VisionPlan:
         return sum(self.layer_frames) / len(self.layer_frames) if self.layer_frames else None
 
 
-class FrameMergingTower:
+class ReplacedForwards:
+    """What runs in a vision tower by replacing modules' instance `forward`s (not forward hooks, so that transformers'
+    output recorders see what they return): `install` them, `remove` puts back what each instance held, and `with`
+    installs them for a block."""
+
+    def __init__(self) -> None:
+        self._replaced: list[tuple[nn.Module, Any]] = []
+
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        for module, previous in reversed(self._replaced):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+        self._replaced.clear()
+
+    def __enter__(self) -> Any:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def _replace(self, module: nn.Module, forward: Callable) -> None:
+        self._replaced.append((module, module.__dict__.get("forward")))
+        module.forward = forward
+
+
+class FrameMergingTower(ReplacedForwards):
     """Stage I installed on a tower (`install` / `remove`, or as a context manager); `plan` is the last encoding's.
 
     settings: a resolved framefusion.EarlyTom (its prune layers, tau, max_window, ema)."""
 
     def __init__(self, parts: TowerParts, settings: Any):
+        super().__init__()
         self.parts = parts
         self.settings = settings
         self.prune_layers = settings.prune_layers(len(parts.layers))
@@ -84,7 +116,6 @@ class FrameMergingTower:
         self.active = True  # False: the tower runs as published (another profile's encoding)
         self._last_merge: tuple[torch.Tensor, list[tuple[int, int]]] | None = None
         self._frames_after: dict[int, int] = {}  # prune layer -> the frames it left, in the running encoding
-        self._replaced: list[tuple[nn.Module, Any]] = []
 
     def install(self) -> None:
         self._replace(self.parts.tower, self._tower_forward(self.parts.tower.forward))
@@ -95,25 +126,6 @@ class FrameMergingTower:
                 self._replace(layer, self._layer_forward(layer, index, layer.forward, last=last))
             else:  # after a merge: a per-frame attention mask (SmolVLM's) is cut to the frames left
                 self._replace(layer, self._cut_masks(layer.forward))
-
-    def remove(self) -> None:
-        for module, previous in reversed(self._replaced):
-            if previous is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
-        self._replaced.clear()
-
-    def __enter__(self) -> FrameMergingTower:
-        self.install()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.remove()
-
-    def _replace(self, module: nn.Module, forward: Callable) -> None:
-        self._replaced.append((module, module.__dict__.get("forward")))
-        module.forward = forward
 
     def _tower_forward(self, original: Callable) -> Callable:
         def forward(pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
