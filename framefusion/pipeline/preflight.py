@@ -279,25 +279,15 @@ def _blank_clip(description: dict[str, Any], path: str) -> Any:
 def _plan_details(plan: Any) -> dict[str, Any] | None:
     """What the vision tower gave (EarlyTom's Stage I result, or HoliTom's and FastVID's signals) as JSON, a few numbers
     a frame: it travels with the features it belongs to."""
-    from framefusion.runtime.tower_signals import TowerSignals
-
-    if plan is None:
-        return None
-    if isinstance(plan, TowerSignals):
-        return plan.details()
-    return {"frames_in": plan.frames_in, "frames": plan.frames, "groups": [list(group) for group in plan.groups],
-            "scores": plan.scores.float().cpu().tolist(), "layer_frames": list(plan.layer_frames)}
+    return None if plan is None else plan.details()
 
 
 def _plan_from_details(details: dict[str, Any] | None, device: Any) -> Any:
     if details is None:
         return None
-    import torch
-
     from framefusion.runtime.tower_signals import TowerSignals
     from framefusion.runtime.vision_merge import VisionPlan
 
     if details.get("kind") == "tower-signals":
         return TowerSignals.from_details(details, device)
-    return VisionPlan(details["frames_in"], details["frames"], torch.tensor(details["scores"], device=device),
-                      [tuple(group) for group in details["groups"]], tuple(details.get("layer_frames", ())))
+    return VisionPlan.from_details(details, device)

@@ -70,6 +70,16 @@ class VisionPlan:
     def mean_layer_frames(self) -> float | None:
         return sum(self.layer_frames) / len(self.layer_frames) if self.layer_frames else None
 
+    def details(self) -> dict[str, Any]:
+        """As JSON (a few numbers a frame): it travels with the features in the feature cache."""
+        return {"frames_in": self.frames_in, "frames": self.frames, "groups": [list(group) for group in self.groups],
+                "scores": self.scores.float().cpu().tolist(), "layer_frames": list(self.layer_frames)}
+
+    @classmethod
+    def from_details(cls, details: dict[str, Any], device: torch.device | str) -> VisionPlan:
+        return cls(details["frames_in"], details["frames"], torch.tensor(details["scores"], device=device),
+                   [tuple(group) for group in details["groups"]], tuple(details.get("layer_frames", ())))
+
 
 class ReplacedForwards:
     """What runs in a vision tower by replacing modules' instance `forward`s (not forward hooks, so that transformers'
