@@ -70,13 +70,17 @@ def _signal_capture(qa: VideoQA, stage: dict[str, Any] | None
 
 
 def _signals_of_every_frame(signals: TowerSignals, plan: Any) -> TowerSignals:
-    """Frame dedup encoded only some units: each unit takes the signals of the unit whose features it reuses."""
-    encoded = plan.encoded
-    unit_rows = signals.attention.shape[0] // len(encoded)  # rows a unit gave: its frames, or 1 (a temporal patch)
-    rows = torch.tensor([encoded.index(source) * unit_rows + offset
-                         for source in plan.sources for offset in range(unit_rows)], device=signals.attention.device)
-    vectors = None if signals.frame_vectors is None else signals.frame_vectors[rows]
-    return TowerSignals(signals.attention[rows], vectors, signals.source)
+    """Frame dedup encoded only some units: each unit takes the signals of the unit whose features it reuses, as its
+    features do (families/frame_features.py)."""
+    from framefusion.families.frame_features import FrameAxis, gather_units, positions_in
+
+    take = positions_in(plan.encoded, plan.sources)
+
+    def spread(rows: torch.Tensor) -> torch.Tensor:
+        return gather_units(rows, take, len(plan.encoded), FrameAxis(dim=0))
+
+    vectors = None if signals.frame_vectors is None else spread(signals.frame_vectors)
+    return TowerSignals(spread(signals.attention), vectors, signals.source)
 
 
 def _encode_merging_frames(qa: VideoQA, video_inputs: dict[str, torch.Tensor], stage: dict[str, Any]
